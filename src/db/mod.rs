@@ -1,0 +1,197 @@
+//! The store: SQLite or PostgreSQL, chosen at runtime from `DATABASE_URL`.
+//!
+//! SQL is written once with `$n` placeholders and run on either pool through [`on_db!`] / [`on_tx!`], which
+//! instantiate the same query code for both drivers. Times are bound from Rust (milliseconds since the epoch).
+
+pub mod api_keys;
+pub mod sites;
+pub mod subscriptions;
+pub mod tenants;
+pub mod workers;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use sqlx::{Postgres, Sqlite};
+
+/// Bound on waiting for a connection: past it a request gets 503 instead of hanging.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A write transaction on either backend. SQLite transactions start with `BEGIN IMMEDIATE` so that writers
+/// queue on the database lock (honouring `busy_timeout`) instead of failing on a read-to-write upgrade.
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// Run the same code on whichever pool `db` holds: `on_db!(db, pool => query.fetch_all(pool).await)`.
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Run the same code on the connection of a [`Tx`]: `on_tx!(tx, c => query.fetch_one(&mut *c).await)`.
+/// Both arms must give one type: map `execute` results with `.map(|r| r.rows_affected())`.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Sqlite(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+            $crate::db::Tx::Postgres(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Db {
+    /// Connect to `url`. For SQLite the file (and its folder) is created on first use.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .context("DATABASE_URL is not a valid sqlite URL")?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: an acknowledged write survives power loss, not only a crash of the process.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let file = opts.get_filename().to_path_buf();
+            let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty() && !in_memory) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create the database folder {}", dir.display()))?;
+            }
+            // An in-memory database lives in one connection; keep exactly that one forever.
+            let pool = PoolOptions::<Sqlite>::new()
+                .max_connections(if in_memory { 1 } else { max_connections })
+                .min_connections(if in_memory { 1 } else { 0 })
+                .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
+                .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await
+                .with_context(|| format!("cannot open the SQLite database {}", file.display()))?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            let opts = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid postgres URL")?;
+            let pool = PoolOptions::<Postgres>::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await
+                .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server is up)")?;
+            Ok(Db::Postgres(pool))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Apply pending migrations (PostgreSQL takes an advisory lock, so concurrent instances are safe).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Db::Sqlite(p) => SQLITE_MIGRATOR.run(p).await,
+            Db::Postgres(p) => POSTGRES_MIGRATOR.run(p).await,
+        }
+        .context("applying database migrations failed")
+    }
+
+    /// The newest migration version this binary knows, and the newest applied one.
+    pub async fn migration_versions(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
+        let known = match self {
+            Db::Sqlite(_) => &SQLITE_MIGRATOR,
+            Db::Postgres(_) => &POSTGRES_MIGRATOR,
+        }
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+        let applied: Option<i64> = on_db!(self, p => sqlx::query_scalar(
+            "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE"
+        ).fetch_one(p).await)?;
+        Ok((known, applied))
+    }
+
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_db!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected())).map(|_| ())
+    }
+
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    pub async fn close(&self) {
+        on_db!(self, p => p.close().await)
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+/// Backend-neutral classification of database errors (never SQLSTATE text).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
+}
+
+/// The database could not be reached (as opposed to refusing a statement).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+        || matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLITE_BUSY))
+}
+
+/// SQLite's primary result code for "database is locked" after `busy_timeout` (a contention outage).
+const SQLITE_BUSY: &str = "5";

@@ -1,0 +1,10 @@
+//! Pure domain types and rules: no IO, unit-tested in place.
+
+pub mod billing;
+pub mod ids;
+pub mod keywords;
+pub mod phone;
+pub mod sms_segments;
+pub mod stripe_signature;
+pub mod tenant;
+pub mod twilio_signature;

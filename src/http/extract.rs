@@ -1,0 +1,77 @@
+//! Extractors that turn bad requests into the SPEC §7 error shape.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use tower_http::request_id::RequestId;
+
+use crate::error::ApiError;
+
+/// `Json<T>` whose rejections are JSON errors: 415 (content type), 413 (too large), 400 (syntax), 422 (shape).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let detail = r.body_text();
+    let detail = detail.rsplit_once("target type: ").map(|(_, d)| d.to_owned()).unwrap_or(detail);
+    match r {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {detail}"))
+        }
+        JsonRejection::JsonDataError(_) => ApiError::unprocessable(
+            "invalid_body",
+            format!("the JSON body does not have the expected fields: {detail}"),
+        ),
+        _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than the {} KiB limit", super::MAX_BODY_BYTES / 1024),
+        ),
+        _ => ApiError::bad_request("unreadable_body", format!("the body could not be read: {detail}")),
+    }
+}
+
+/// `Query<T>` with JSON errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiError::bad_request("invalid_query", format!("the query string is not valid: {}", e.body_text())))
+            }
+            Err(e) => Err(ApiError::bad_request("invalid_query", e.body_text())),
+        }
+    }
+}
+
+/// The request id set by the request-id middleware (also echoed in `x-request-id`).
+pub struct ReqId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ReqId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ReqId(parts.extensions.get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).map(str::to_owned)))
+    }
+}

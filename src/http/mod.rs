@@ -1,0 +1,139 @@
+//! The HTTP surface: one router per area, and the middleware every response goes through.
+
+pub mod audit;
+pub mod extract;
+pub mod health;
+pub mod tenant_admin;
+pub mod tenants;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest request body accepted (webhooks included).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/tenants", get(tenants::list).post(tenants::create))
+        .route("/api/tenants/{id}", get(tenants::get).patch(tenants::update).delete(tenants::delete))
+        .route("/api/tenants/{id}/api-keys", get(tenants::list_keys).post(tenants::create_key))
+        .route("/api/tenants/{id}/api-keys/{key_id}", axum::routing::delete(tenants::revoke_key))
+        .route("/api/audit", get(audit::list))
+        .route("/api/entitlements", get(tenant_admin::entitlements))
+        .route("/api/sites", get(tenant_admin::list_sites).post(tenant_admin::create_site))
+        .route(
+            "/api/sites/{id}",
+            get(tenant_admin::get_site).patch(tenant_admin::update_site).delete(tenant_admin::delete_site),
+        )
+        .route("/api/workers", get(tenant_admin::list_workers).post(tenant_admin::create_worker))
+        .route(
+            "/api/workers/{id}",
+            get(tenant_admin::get_worker).patch(tenant_admin::update_worker).delete(tenant_admin::delete_worker),
+        )
+        .route("/api/workers/{id}/consent", get(tenant_admin::worker_consent));
+
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::exact(
+            HeaderValue::from_str(state.settings.app_url.origin().ascii_serialization().as_str())
+                .unwrap_or(HeaderValue::from_static("null")),
+        ))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")])
+        .max_age(Duration::from_secs(600));
+
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(cors)
+        .layer(middleware::from_fn_with_state(state.clone(), canonical_host))
+        .layer(middleware::from_fn_with_state(state.clone(), security_headers))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+                    let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    // The path only: query strings may carry user data.
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error").into_response()
+                })),
+        )
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+}
+
+/// `www.<apex>` → 308 to the same path and query on the apex of `APP_URL`.
+async fn canonical_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(h, _)| h))
+        .map(str::to_ascii_lowercase);
+    if let (Some(host), Some(apex)) = (host, state.settings.apex_host()) {
+        if host.strip_prefix("www.") == Some(apex.as_str()) {
+            let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let mut target = state.settings.app_url.clone();
+            let _ = target.set_host(Some(&apex));
+            let location = format!("{}{}", target.origin().ascii_serialization(), pq);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                return (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, v)]).into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, name: HeaderName, value: &'static str| {
+        h.entry(name).or_insert(HeaderValue::from_static(value));
+    };
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'none'; \
+         frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    );
+    set(h, HeaderName::from_static("permissions-policy"), "camera=(), microphone=(), geolocation=()");
+    set(h, HeaderName::from_static("cross-origin-opener-policy"), "same-origin");
+    set(h, header::CACHE_CONTROL, "no-store");
+    if state.settings.app_url.scheme() == "https" {
+        set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains");
+    }
+    res
+}

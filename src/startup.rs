@@ -1,0 +1,95 @@
+//! Build the application from settings: database, state, router, bound listener. `main` and the tests use
+//! this same path.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::db::{Backend, Db};
+use crate::state::AppState;
+use crate::time::Clock;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// Whether `serve` applies migrations itself. SQLite: always (embedded default). PostgreSQL: only when asked,
+/// since production runs `secur360 migrate` with the owner role before rolling out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    Apply,
+    ApplyOnSqlite,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, migrations: Migrations) -> anyhow::Result<Self> {
+        let db = Db::connect(settings.database_url.expose(), settings.database_max_connections).await?;
+        if migrations == Migrations::Apply || db.backend() == Backend::Sqlite {
+            db.migrate().await?;
+        } else {
+            let (known, applied) = db.migration_versions().await.unwrap_or((1, None));
+            if applied != Some(known) {
+                anyhow::bail!(
+                    "the database schema is not current (applied {applied:?}, expected {known}); \
+                     run `secur360 migrate` with the owner role, or `serve --migrate`"
+                );
+            }
+        }
+        Self::build_with(settings, db, Clock::system()).await
+    }
+
+    /// Build on an existing database handle and clock (tests inject both).
+    pub async fn build_with(settings: Settings, db: Db, clock: Clock) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.bind_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (BIND_ADDR)", settings.bind_addr))?;
+        Ok(Application { listener, state: AppState::new(settings, db, clock) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `shutdown` resolves, then finish in-flight requests and close the pool.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = crate::http::router(self.state.clone());
+        tracing::info!(addr = %self.local_addr(), backend = ?self.state.db.backend(), "secur360 listening");
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+        self.state.db.close().await;
+        tracing::info!("secur360 stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

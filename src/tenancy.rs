@@ -1,0 +1,544 @@
+//! Tenants, API keys, sites and workers: the service functions behind the JSON API and the CLI.
+//! Each change and its audit row commit in one transaction; bad input is refused before anything is written.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+
+use crate::audit::{self, Entry, Zone};
+use crate::db::{self, api_keys, sites, subscriptions, tenants, workers, Tx};
+use crate::domain::billing::{self, Access};
+use crate::domain::ids::new_id;
+use crate::domain::phone::Phone;
+use crate::domain::tenant::{parse_name, parse_province, Language, TenantId};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Who is acting, for audit rows and the consent ledger.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    pub fn new(name: impl Into<String>, request_id: Option<String>) -> Self {
+        Actor { name: name.into(), request_id }
+    }
+
+    fn entry(&self, zone: Zone, action: &'static str) -> Entry {
+        Entry::new(zone, action, self.name.clone()).request_id(self.request_id.clone())
+    }
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in PATCH bodies.
+pub fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::unprocessable("invalid_field", format!("{field}: {message}"))
+}
+
+fn language(field: &str, s: Option<&str>) -> ApiResult<Option<Language>> {
+    s.map(|s| {
+        Language::parse(s).ok_or_else(|| invalid(field, format!("{s:?} is not a language; use \"fr\" or \"en\"")))
+    })
+    .transpose()
+}
+
+fn phone(field: &str, s: &str) -> ApiResult<Phone> {
+    Phone::parse(s).map_err(|e| ApiError::unprocessable("invalid_phone", format!("{field}: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tenants and keys (operator)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub id: String,
+    pub name: String,
+    pub province: Option<String>,
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantChanges {
+    pub name: Option<String>,
+    pub province: Option<String>,
+    pub language: Option<String>,
+}
+
+pub async fn create_tenant(state: &AppState, input: NewTenant, actor: &Actor) -> ApiResult<tenants::TenantRow> {
+    let id = TenantId::parse(input.id.trim()).map_err(|e| invalid("id", e))?;
+    let name = parse_name("name", &input.name).map_err(|e| invalid("name", e))?;
+    let province = parse_province(input.province.as_deref().unwrap_or("QC")).map_err(|e| invalid("province", e))?;
+    let language = language("language", input.language.as_deref())?.unwrap_or_default();
+    let now = state.now();
+    let row = tenants::TenantRow {
+        id: id.as_str().to_owned(),
+        name,
+        province,
+        language: language.as_str().to_owned(),
+        created_at: now,
+        updated_at: now,
+    };
+    let mut tx = state.db.begin().await?;
+    if let Err(e) = tenants::insert(&mut tx, &row).await {
+        return Err(if db::is_unique_violation(&e) {
+            ApiError::conflict(
+                "tenant_exists",
+                format!("a tenant with id {:?} already exists; choose another id", row.id),
+            )
+        } else {
+            e.into()
+        });
+    }
+    let entry = actor.entry(Zone::Admin, "tenant_create").tenant(&row.id).subject(&row.id);
+    audit::append(&mut tx, &entry.details(json!({ "name": row.name, "province": row.province })), now).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub async fn update_tenant(
+    state: &AppState,
+    id: &str,
+    input: TenantChanges,
+    actor: &Actor,
+) -> ApiResult<tenants::TenantRow> {
+    let name = input.name.as_deref().map(|n| parse_name("name", n)).transpose().map_err(|e| invalid("name", e))?;
+    let province = input.province.as_deref().map(parse_province).transpose().map_err(|e| invalid("province", e))?;
+    let language = language("language", input.language.as_deref())?;
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let row = tenants::update(&mut tx, id, name.as_deref(), province.as_deref(), language.map(Language::as_str), now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let changed: Vec<&str> =
+        [("name", name.is_some()), ("province", province.is_some()), ("language", language.is_some())]
+            .into_iter()
+            .filter_map(|(f, c)| c.then_some(f))
+            .collect();
+    audit::append(
+        &mut tx,
+        &actor.entry(Zone::Admin, "tenant_update").tenant(id).subject(id).details(json!({ "changed": changed })),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub async fn delete_tenant(state: &AppState, id: &str, actor: &Actor) -> ApiResult<()> {
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    if !tenants::lock(&mut tx, id).await? {
+        return Err(ApiError::not_found("tenant"));
+    }
+    if tenants::has_billing(&mut tx, id).await? {
+        return Err(ApiError::conflict(
+            "tenant_has_billing",
+            "this tenant has a Stripe customer or subscription; cancel and settle billing before deleting it",
+        ));
+    }
+    tenants::delete(&mut tx, id).await?;
+    audit::append(&mut tx, &actor.entry(Zone::Admin, "tenant_delete").tenant(id).subject(id), now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IssuedKey {
+    #[serde(flatten)]
+    pub row: api_keys::ApiKeyRow,
+    /// The key itself: shown once, never stored.
+    pub key: String,
+}
+
+pub async fn create_api_key(
+    state: &AppState,
+    tenant_id: &str,
+    input: NewApiKey,
+    actor: &Actor,
+) -> ApiResult<IssuedKey> {
+    let label = match input.label.as_deref() {
+        Some(l) => parse_name("label", l).map_err(|e| invalid("label", e))?,
+        None => "default".to_owned(),
+    };
+    let now = state.now();
+    let issued = crate::auth::issue_key();
+    let row = api_keys::ApiKeyRow {
+        id: issued.id,
+        tenant_id: tenant_id.to_owned(),
+        label,
+        secret_hash: issued.secret_hash,
+        created_at: now,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let mut tx = state.db.begin().await?;
+    if !tenants::lock(&mut tx, tenant_id).await? {
+        return Err(ApiError::not_found("tenant"));
+    }
+    api_keys::insert(&mut tx, &row).await?;
+    let entry = actor.entry(Zone::Admin, "api_key_create").tenant(tenant_id).subject(&row.id);
+    audit::append(&mut tx, &entry.details(json!({ "label": row.label })), now).await?;
+    tx.commit().await?;
+    Ok(IssuedKey { row, key: issued.key })
+}
+
+pub async fn revoke_api_key(state: &AppState, tenant_id: &str, key_id: &str, actor: &Actor) -> ApiResult<()> {
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    if !api_keys::revoke(&mut tx, tenant_id, key_id, now).await? {
+        return Err(ApiError::not_found("active API key"));
+    }
+    audit::append(&mut tx, &actor.entry(Zone::Admin, "api_key_revoke").tenant(tenant_id).subject(key_id), now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Entitlements
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Entitlements {
+    pub access: Access,
+    pub subscription_status: Option<String>,
+    pub max_sites: i64,
+    pub sites_used: i64,
+}
+
+pub async fn entitlements_in(state: &AppState, tx: &mut Tx, tenant_id: &str) -> ApiResult<Entitlements> {
+    let sub = subscriptions::current(tx, tenant_id).await?;
+    let grace_ms = i64::from(state.settings.past_due_grace_days) * 86_400_000;
+    let access = billing::access(
+        sub.as_ref().map(|s| s.status.as_str()),
+        sub.as_ref().and_then(|s| s.past_due_since),
+        state.now(),
+        grace_ms,
+    );
+    Ok(Entitlements {
+        access,
+        max_sites: billing::max_sites(access, sub.as_ref().map_or(0, |s| s.addon_quantity)),
+        subscription_status: sub.map(|s| s.status),
+        sites_used: sites::count(tx, tenant_id).await?,
+    })
+}
+
+pub async fn entitlements(state: &AppState, tenant_id: &str) -> ApiResult<Entitlements> {
+    // A read, but through a transaction so the subscription and the site count are consistent.
+    let mut tx = state.db.begin().await?;
+    let e = entitlements_in(state, &mut tx, tenant_id).await?;
+    tx.commit().await?;
+    Ok(e)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Sites (tenant admin)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSite {
+    pub name: String,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteChanges {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub address: Option<Option<String>>,
+}
+
+fn parse_address(a: Option<&str>) -> ApiResult<Option<String>> {
+    match a.map(str::trim).filter(|a| !a.is_empty()) {
+        None => Ok(None),
+        Some(a) if a.chars().count() > 500 => Err(invalid("address", "must be at most 500 characters")),
+        Some(a) => Ok(Some(a.to_owned())),
+    }
+}
+
+fn site_name_taken(name: &str) -> ApiError {
+    ApiError::conflict(
+        "site_exists",
+        format!("a site named {name:?} already exists in this tenant; choose another name"),
+    )
+}
+
+pub async fn create_site(
+    state: &AppState,
+    tenant_id: &str,
+    input: NewSite,
+    actor: &Actor,
+) -> ApiResult<sites::SiteRow> {
+    let name = parse_name("name", &input.name).map_err(|e| invalid("name", e))?;
+    let address = parse_address(input.address.as_deref())?;
+    let now = state.now();
+    let row = sites::SiteRow {
+        id: new_id("site"),
+        tenant_id: tenant_id.to_owned(),
+        name,
+        address,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut tx = state.db.begin().await?;
+    // The tenant lock makes the count-then-insert below safe against concurrent creations.
+    if !tenants::lock(&mut tx, tenant_id).await? {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let ent = entitlements_in(state, &mut tx, tenant_id).await?;
+    if ent.sites_used >= ent.max_sites {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYMENT_REQUIRED,
+            "site_limit_reached",
+            format!(
+                "your subscription allows {} site(s) and {} are in use; add additional-site add-ons to your \
+                 subscription (one per extra site) or delete a site first",
+                ent.max_sites, ent.sites_used
+            ),
+        ));
+    }
+    if let Err(e) = sites::insert(&mut tx, &row).await {
+        return Err(if db::is_unique_violation(&e) { site_name_taken(&row.name) } else { e.into() });
+    }
+    let entry = actor.entry(Zone::Platform, "site_create").tenant(tenant_id).subject(&row.id);
+    audit::append(&mut tx, &entry.details(json!({ "name": row.name })), now).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub async fn update_site(
+    state: &AppState,
+    tenant_id: &str,
+    id: &str,
+    input: SiteChanges,
+    actor: &Actor,
+) -> ApiResult<sites::SiteRow> {
+    let name = input.name.as_deref().map(|n| parse_name("name", n)).transpose().map_err(|e| invalid("name", e))?;
+    let address = match &input.address {
+        None => None,
+        Some(a) => Some(parse_address(a.as_deref())?),
+    };
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let updated =
+        sites::update(&mut tx, tenant_id, id, name.as_deref(), address.as_ref().map(|a| a.as_deref()), now).await;
+    let row = match updated {
+        Err(e) if db::is_unique_violation(&e) => return Err(site_name_taken(name.as_deref().unwrap_or_default())),
+        other => other?.ok_or_else(|| ApiError::not_found("site"))?,
+    };
+    let changed: Vec<&str> = [("name", name.is_some()), ("address", address.is_some())]
+        .into_iter()
+        .filter_map(|(f, c)| c.then_some(f))
+        .collect();
+    let entry = actor.entry(Zone::Platform, "site_update").tenant(tenant_id).subject(id);
+    audit::append(&mut tx, &entry.details(json!({ "changed": changed })), now).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub async fn delete_site(state: &AppState, tenant_id: &str, id: &str, actor: &Actor) -> ApiResult<()> {
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    if !sites::delete(&mut tx, tenant_id, id).await? {
+        return Err(ApiError::not_found("site"));
+    }
+    audit::append(&mut tx, &actor.entry(Zone::Platform, "site_delete").tenant(tenant_id).subject(id), now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Workers (tenant admin)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorker {
+    pub name: String,
+    pub phone: String,
+    pub language: Option<String>,
+    pub site_id: Option<String>,
+    /// Consent to receive SMS safety alerts, as given at registration.
+    #[serde(default)]
+    pub sms_consent: bool,
+    /// How consent was obtained (form number, date…); recorded in the consent ledger.
+    pub consent_evidence: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerChanges {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub language: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub site_id: Option<Option<String>>,
+    pub sms_consent: Option<bool>,
+    pub consent_evidence: Option<String>,
+}
+
+fn parse_evidence(e: Option<&str>, default: impl FnOnce() -> String) -> ApiResult<String> {
+    match e.map(str::trim).filter(|e| !e.is_empty()) {
+        None => Ok(default()),
+        Some(e) if e.chars().count() > 1000 => Err(invalid("consent_evidence", "must be at most 1000 characters")),
+        Some(e) => Ok(e.to_owned()),
+    }
+}
+
+fn phone_taken() -> ApiError {
+    ApiError::conflict("phone_exists", "another worker of this tenant already has this phone number")
+}
+
+async fn check_site(tx: &mut Tx, tenant_id: &str, site_id: Option<&str>) -> ApiResult<()> {
+    match site_id {
+        Some(s) if !sites::exists(tx, tenant_id, s).await? => {
+            Err(invalid("site_id", format!("no site {s:?} in this tenant; list sites with GET /api/sites")))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub async fn create_worker(
+    state: &AppState,
+    tenant_id: &str,
+    input: NewWorker,
+    actor: &Actor,
+) -> ApiResult<workers::WorkerRow> {
+    let name = parse_name("name", &input.name).map_err(|e| invalid("name", e))?;
+    let phone = phone("phone", &input.phone)?;
+    let language = language("language", input.language.as_deref())?.unwrap_or_default();
+    let evidence = parse_evidence(input.consent_evidence.as_deref(), || format!("registered by {}", actor.name))?;
+    let now = state.now();
+    let row = workers::WorkerRow {
+        id: new_id("wrk"),
+        tenant_id: tenant_id.to_owned(),
+        site_id: input.site_id.map(|s| s.trim().to_owned()),
+        name,
+        phone: phone.as_str().to_owned(),
+        language: language.as_str().to_owned(),
+        phone_verified: false,
+        phone_verified_at: None,
+        sms_consent: input.sms_consent,
+        sms_consent_at: input.sms_consent.then_some(now),
+        sms_consent_source: input.sms_consent.then(|| "worker_registration".to_owned()),
+        created_at: now,
+        updated_at: now,
+    };
+    let mut tx = state.db.begin().await?;
+    check_site(&mut tx, tenant_id, row.site_id.as_deref()).await?;
+    if let Err(e) = workers::insert(&mut tx, &row).await {
+        return Err(if db::is_unique_violation(&e) { phone_taken() } else { e.into() });
+    }
+    if input.sms_consent {
+        let ev = workers::ConsentEvent {
+            tenant_id: Some(tenant_id),
+            worker_id: Some(&row.id),
+            phone: &row.phone,
+            old_consent: None,
+            new_consent: true,
+            source: "worker_registration",
+            evidence: &evidence,
+            actor: &actor.name,
+            at: now,
+        };
+        workers::insert_consent_event(&mut tx, &ev).await?;
+    }
+    let entry = actor.entry(Zone::Platform, "worker_create").tenant(tenant_id).subject(&row.id);
+    let details = json!({ "phone": phone.masked(), "sms_consent": row.sms_consent, "site_id": row.site_id });
+    audit::append(&mut tx, &entry.details(details), now).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub async fn update_worker(
+    state: &AppState,
+    tenant_id: &str,
+    id: &str,
+    input: WorkerChanges,
+    actor: &Actor,
+) -> ApiResult<workers::WorkerRow> {
+    let name = input.name.as_deref().map(|n| parse_name("name", n)).transpose().map_err(|e| invalid("name", e))?;
+    let phone = input.phone.as_deref().map(|p| phone("phone", p)).transpose()?;
+    let language = language("language", input.language.as_deref())?;
+    let evidence = parse_evidence(input.consent_evidence.as_deref(), || format!("changed by {}", actor.name))?;
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let mut w = workers::get_in_tx(&mut tx, tenant_id, id).await?.ok_or_else(|| ApiError::not_found("worker"))?;
+    let mut changed = Vec::new();
+    if let Some(name) = name {
+        w.name = name;
+        changed.push("name");
+    }
+    if let Some(p) = &phone {
+        if p.as_str() != w.phone {
+            // A new number has not been verified.
+            w.phone = p.as_str().to_owned();
+            w.phone_verified = false;
+            w.phone_verified_at = None;
+            changed.push("phone");
+        }
+    }
+    if let Some(l) = language {
+        w.language = l.as_str().to_owned();
+        changed.push("language");
+    }
+    if let Some(site) = &input.site_id {
+        let site = site.as_deref().map(str::trim);
+        check_site(&mut tx, tenant_id, site).await?;
+        w.site_id = site.map(str::to_owned);
+        changed.push("site_id");
+    }
+    let consent_change = input.sms_consent.filter(|c| *c != w.sms_consent);
+    if let Some(c) = consent_change {
+        let ev = workers::ConsentEvent {
+            tenant_id: Some(tenant_id),
+            worker_id: Some(id),
+            phone: &w.phone,
+            old_consent: Some(w.sms_consent),
+            new_consent: c,
+            source: "admin_api",
+            evidence: &evidence,
+            actor: &actor.name,
+            at: now,
+        };
+        workers::insert_consent_event(&mut tx, &ev).await?;
+        w.sms_consent = c;
+        w.sms_consent_at = Some(now);
+        w.sms_consent_source = Some("admin_api".to_owned());
+        changed.push("sms_consent");
+    }
+    w.updated_at = now;
+    if let Err(e) = workers::save(&mut tx, &w).await {
+        return Err(if db::is_unique_violation(&e) { phone_taken() } else { e.into() });
+    }
+    let entry = actor.entry(Zone::Platform, "worker_update").tenant(tenant_id).subject(id);
+    audit::append(&mut tx, &entry.details(json!({ "changed": changed })), now).await?;
+    if let Some(c) = consent_change {
+        let entry = actor.entry(Zone::Sms, "consent_change").tenant(tenant_id).subject(id);
+        let details = json!({ "new_consent": c, "source": "admin_api", "phone": Phone::parse(&w.phone).map(|p| p.masked()).ok() });
+        audit::append(&mut tx, &entry.details(details), now).await?;
+    }
+    tx.commit().await?;
+    Ok(w)
+}
+
+pub async fn delete_worker(state: &AppState, tenant_id: &str, id: &str, actor: &Actor) -> ApiResult<()> {
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    if !workers::delete(&mut tx, tenant_id, id).await? {
+        return Err(ApiError::not_found("worker"));
+    }
+    audit::append(&mut tx, &actor.entry(Zone::Platform, "worker_delete").tenant(tenant_id).subject(id), now).await?;
+    tx.commit().await?;
+    Ok(())
+}
