@@ -148,10 +148,19 @@ pub struct AuditRow {
     pub tenant_id: Option<String>,
     pub actor: String,
     pub subject: Option<String>,
+    #[serde(serialize_with = "details_as_json")]
     pub details: String,
     pub request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// Details are stored as JSON text; the API shows them as JSON, or as the raw string if unparsable.
+fn details_as_json<S: serde::Serializer>(details: &str, s: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<Value>(details) {
+        Ok(v) => v.serialize(s),
+        Err(_) => s.serialize_str(details),
+    }
 }
 
 const COLUMNS: &str = "seq, at, zone, action, outcome, tenant_id, actor, subject, details, request_id, prev_hash, hash";
@@ -346,18 +355,40 @@ mod tests {
     #[test]
     fn the_hash_covers_every_field_and_the_link() {
         let base = row_hash(&sample());
-        let variants: Vec<Box<dyn Fn(&mut AuditRow)>> = vec![
-            Box::new(|r| r.seq += 1),
-            Box::new(|r| r.at += 1),
-            Box::new(|r| r.zone = "sms".into()),
-            Box::new(|r| r.action = "logout".into()),
-            Box::new(|r| r.outcome = "failure".into()),
-            Box::new(|r| r.tenant_id = Some("acme".into())),
-            Box::new(|r| r.actor = "cli".into()),
-            Box::new(|r| r.subject = None),
-            Box::new(|r| r.details = "{\"a\":1}".into()),
-            Box::new(|r| r.request_id = Some("r".into())),
-            Box::new(|r| r.prev_hash = "1".repeat(64)),
+        let variants: [fn(&mut AuditRow); 11] = [
+            |r| {
+                r.seq += 1;
+            },
+            |r| {
+                r.at += 1;
+            },
+            |r| {
+                r.zone = "sms".into();
+            },
+            |r| {
+                r.action = "logout".into();
+            },
+            |r| {
+                r.outcome = "failure".into();
+            },
+            |r| {
+                r.tenant_id = Some("acme".into());
+            },
+            |r| {
+                r.actor = "cli".into();
+            },
+            |r| {
+                r.subject = None;
+            },
+            |r| {
+                r.details = "{\"a\":1}".into();
+            },
+            |r| {
+                r.request_id = Some("r".into());
+            },
+            |r| {
+                r.prev_hash = "1".repeat(64);
+            },
         ];
         for change in variants {
             let mut r = sample();

@@ -50,9 +50,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workers/{id}/consent", get(tenant_admin::worker_consent));
 
     let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::exact(
-            HeaderValue::from_str(state.settings.app_url.origin().ascii_serialization().as_str())
-                .unwrap_or(HeaderValue::from_static("null")),
+        // Only the app's own origin, echoed back when it is the caller's (never `*`).
+        .allow_origin(AllowOrigin::list(
+            HeaderValue::from_str(state.settings.app_url.origin().ascii_serialization().as_str()).ok(),
         ))
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")])

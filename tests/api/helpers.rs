@@ -1,0 +1,186 @@
+//! `spawn_app_with()`: the real application (same startup path as `main`) on a loopback port, over a fresh
+//! database per test — a temporary SQLite file or a new PostgreSQL database on `TEST_POSTGRES_URL`.
+
+use std::collections::BTreeMap;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use secur360::config::Settings;
+use secur360::db::Db;
+use secur360::on_db;
+use secur360::startup::Application;
+use secur360::time::Clock;
+use serde_json::{json, Value};
+
+pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789abcdef";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declare tests that run once per backend: `both_backends! { async fn name(app) { … } }` gives
+/// `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    (with $vars:expr; $(async fn $name:ident($app:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let $app = $crate::helpers::spawn_app_with($crate::helpers::Backend::Sqlite, $vars).await;
+                    $body
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let $app = $crate::helpers::spawn_app_with($crate::helpers::Backend::Postgres, $vars).await;
+                    $body
+                }
+            }
+        )*
+    };
+    ($(async fn $name:ident($app:ident) $body:block)*) => {
+        $crate::both_backends! { with &[]; $(async fn $name($app) $body)* }
+    };
+}
+
+pub fn postgres_base_url() -> String {
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, migrated database of the given backend, and its URL. Never skips: no PostgreSQL is a failure.
+pub async fn fresh_database(backend: Backend) -> (Db, String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let url = format!("sqlite://{}", dir.path().join("secur360.db").display());
+            let db = Db::connect(&url, 5).await.expect("open sqlite");
+            db.migrate().await.expect("migrate sqlite");
+            (db, url, Some(dir))
+        }
+        Backend::Postgres => {
+            let base = postgres_base_url();
+            let admin = Db::connect(&base, 1).await.unwrap_or_else(|e| {
+                panic!("PostgreSQL is required for the postgres half of the suite (TEST_POSTGRES_URL={base}): {e:#}. Run scripts/test, which starts one.")
+            });
+            let name = format!("s360t_{}", uuid::Uuid::new_v4().simple());
+            on_db!(&admin, p => sqlx::query(&format!("CREATE DATABASE {name}")).execute(p).await.map(|r| r.rows_affected())).expect("create database");
+            admin.close().await;
+            let mut url = url::Url::parse(&base).expect("TEST_POSTGRES_URL is a URL");
+            url.set_path(&name);
+            let db = Db::connect(url.as_str(), 5).await.expect("connect to the test database");
+            db.migrate().await.expect("migrate postgres");
+            (db, url.to_string(), None)
+        }
+    }
+}
+
+pub struct TestApp {
+    pub backend: Backend,
+    pub address: String,
+    pub db: Db,
+    pub client: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Spawn with extra environment variables (on top of a loopback bind, the test database and `ADMIN_TOKEN`).
+pub async fn spawn_app_with(backend: Backend, vars: &[(&str, &str)]) -> TestApp {
+    let (db, db_url, dir) = fresh_database(backend).await;
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("BIND_ADDR".into(), "127.0.0.1:0".into());
+    env.insert("DATABASE_URL".into(), db_url.clone());
+    env.insert("ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
+    for (k, v) in vars {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let settings = Settings::from_vars(env).expect("test settings are valid");
+    let app = Application::build_with(settings, db.clone(), Clock::system()).await.expect("build app");
+    let address = format!("http://{}", app.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    TestApp { backend, address, db, client, _dir: dir, _shutdown: tx }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let rb = self.client.request(method, self.url(path));
+        match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self.request(method, path, token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        read(rb.send().await.expect("request sent")).await
+    }
+
+    pub async fn operator(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(method, path, Some(ADMIN_TOKEN), body).await
+    }
+
+    /// Create a tenant and return an API key for it.
+    pub async fn tenant_with_key(&self, id: &str) -> String {
+        let (s, b) = self
+            .operator(Method::POST, "/api/tenants", Some(json!({ "id": id, "name": format!("Tenant {id}") })))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (s, b) = self
+            .operator(Method::POST, &format!("/api/tenants/{id}/api-keys"), Some(json!({ "label": "tests" })))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        b["key"].as_str().expect("key in response").to_owned()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        on_db!(&self.db, p => sqlx::query_scalar::<_, i64>(&sql).fetch_one(p).await).expect("count")
+    }
+
+    /// Row counts of every table a request could write, to prove that refused requests wrote nothing.
+    pub async fn snapshot(&self) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for t in ["tenants", "sites", "workers", "api_keys", "consent_events", "system_audit_logs", "subscriptions"] {
+            out.push((t.to_owned(), self.count(t).await));
+        }
+        out
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        on_db!(&self.db, p => sqlx::query(sql).execute(p).await.map(|_| ())).expect("statement runs");
+    }
+}
+
+pub async fn read(res: Response) -> (StatusCode, Value) {
+    let status = res.status();
+    let text = res.text().await.expect("body");
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, body)
+}
+
+/// Assert the SPEC §7 error shape and return the code.
+pub fn error_code(body: &Value) -> &str {
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"));
+    let message = body["error"]["message"].as_str().expect("error message");
+    assert!(!message.is_empty());
+    code
+}

@@ -1,0 +1,14 @@
+//! The integration suite: one binary, every test against the real app on SQLite and on PostgreSQL.
+
+mod helpers;
+
+mod audit_log;
+mod auth;
+mod bad_input;
+mod cli;
+mod health;
+mod signatures;
+mod sites;
+mod store;
+mod tenants;
+mod workers;

@@ -1,0 +1,131 @@
+//! The store contract: the same story on both backends, and migration folders that cannot drift.
+
+use secur360::db::{self, tenants, Db};
+use secur360::on_db;
+
+use crate::helpers::*;
+
+#[test]
+fn both_migration_folders_hold_the_same_file_names() {
+    let names = |dir: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (sqlite, postgres) = (names("sqlite"), names("postgres"));
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, postgres);
+}
+
+#[test]
+fn both_schemas_create_the_same_tables_and_columns() {
+    // Compare `CREATE TABLE name (col …` structure textually: same tables, same column names in order.
+    let tables = |dir: &str| {
+        let sql = std::fs::read_to_string(format!("{}/migrations/{dir}/0001_initial.sql", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+        let mut out = Vec::new();
+        for block in sql.split("CREATE TABLE ").skip(1) {
+            let name = block.split_whitespace().next().unwrap().to_owned();
+            let body = &block[block.find('(').unwrap() + 1..block.find("\n);").unwrap()];
+            let cols: Vec<String> = body
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("--")
+                        && !l.starts_with("UNIQUE")
+                        && !l.starts_with("PRIMARY KEY")
+                        && !l.starts_with('\'')
+                })
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                .collect();
+            out.push((name, cols));
+        }
+        out.retain(|(n, _)| n != "audit_purge_gate"); // SQLite's stand-in for PostgreSQL's SET LOCAL
+        out
+    };
+    assert_eq!(tables("sqlite"), tables("postgres"));
+}
+
+async fn contract(backend: Backend) {
+    let (db, _url, _dir) = fresh_database(backend).await;
+    assert_eq!(
+        db.backend(),
+        match backend {
+            Backend::Sqlite => db::Backend::Sqlite,
+            Backend::Postgres => db::Backend::Postgres,
+        }
+    );
+    let (known, applied) = db.migration_versions().await.unwrap();
+    assert_eq!(Some(known), applied);
+
+    // Writes and reads through a transaction; a rollback leaves nothing.
+    let row = tenants::TenantRow {
+        id: "acme".into(),
+        name: "Acme".into(),
+        province: "QC".into(),
+        language: "fr".into(),
+        created_at: 1,
+        updated_at: 1,
+    };
+    let mut tx = db.begin().await.unwrap();
+    tenants::insert(&mut tx, &row).await.unwrap();
+    drop(tx);
+    assert!(tenants::get(&db, "acme").await.unwrap().is_none());
+    let mut tx = db.begin().await.unwrap();
+    tenants::insert(&mut tx, &row).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(tenants::get(&db, "acme").await.unwrap().unwrap().name, "Acme");
+
+    // Errors are classified the same way on both backends.
+    let mut tx = db.begin().await.unwrap();
+    let dup = tenants::insert(&mut tx, &row).await.unwrap_err();
+    assert!(db::is_unique_violation(&dup), "{dup}");
+    drop(tx);
+    let fk = on_db!(&db, p => sqlx::query("INSERT INTO sites (id, tenant_id, name, created_at, updated_at) VALUES ('s', 'ghost', 'x', 1, 1)").execute(p).await.map(|r| r.rows_affected())).unwrap_err();
+    assert!(db::is_foreign_key_violation(&fk), "{fk}");
+    let check = on_db!(&db, p => sqlx::query("INSERT INTO tenants (id, name, province, language, created_at, updated_at) VALUES ('Bad Id', 'x', 'QC', 'fr', 1, 1)").execute(p).await.map(|r| r.rows_affected())).unwrap_err();
+    assert!(matches!(&check, sqlx::Error::Database(d) if d.is_check_violation()), "{check}");
+    let phone = on_db!(&db, p => sqlx::query("INSERT INTO workers (id, tenant_id, name, phone, language, created_at, updated_at) VALUES ('w', 'acme', 'x', '514', 'fr', 1, 1)").execute(p).await.map(|r| r.rows_affected())).unwrap_err();
+    assert!(matches!(&phone, sqlx::Error::Database(d) if d.is_check_violation()), "{phone}");
+
+    // Booleans and 64-bit times round-trip identically.
+    on_db!(&db, p => sqlx::query("INSERT INTO workers (id, tenant_id, name, phone, language, sms_consent, created_at, updated_at) VALUES ('w', 'acme', 'x', '+15148732015', 'fr', $1, $2, $2)").bind(true).bind(i64::MAX).execute(p).await.map(|r| r.rows_affected())).unwrap();
+    let (consent, at): (bool, i64) = on_db!(&db, p => sqlx::query_as("SELECT sms_consent, created_at FROM workers WHERE id = 'w'").fetch_one(p).await).unwrap();
+    assert_eq!((consent, at), (true, i64::MAX));
+
+    // Cascades: deleting the tenant removes its workers.
+    let mut tx = db.begin().await.unwrap();
+    assert!(tenants::delete(&mut tx, "acme").await.unwrap());
+    tx.commit().await.unwrap();
+    let n: i64 = on_db!(&db, p => sqlx::query_scalar("SELECT COUNT(*) FROM workers").fetch_one(p).await).unwrap();
+    assert_eq!(n, 0);
+
+    // Migrations are idempotent.
+    db.migrate().await.unwrap();
+    db.close().await;
+    assert!(db::is_unavailable(&db.ping().await.unwrap_err()));
+}
+
+#[tokio::test]
+async fn the_store_contract_holds_on_sqlite() {
+    contract(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_store_contract_holds_on_postgres() {
+    contract(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_new_sqlite_file_and_its_folder_are_created_on_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/data/secur360.db");
+    let db = Db::connect(&format!("sqlite://{}", path.display()), 2).await.unwrap();
+    db.migrate().await.unwrap();
+    assert!(path.exists());
+}
