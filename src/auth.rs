@@ -63,6 +63,34 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
+/// A job trigger: `Authorization: Bearer $CRON_SECRET` (Vercel-cron compatible) or the operator token.
+/// With `CRON_SECRET` unset only the operator token works (fail closed).
+#[derive(Debug, Clone)]
+pub struct CronCaller {
+    pub actor: &'static str,
+}
+
+impl FromRequestParts<AppState> for CronCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::unauthorized("send `Authorization: Bearer $CRON_SECRET` (or the operator token)"));
+        };
+        if state.settings.cron_secret.as_ref().is_some_and(|s| secret_eq(s.expose(), token)) {
+            return Ok(CronCaller { actor: "cron" });
+        }
+        if is_operator_token(state, token) {
+            return Ok(CronCaller { actor: "operator" });
+        }
+        Err(ApiError::unauthorized(if state.settings.cron_secret.is_none() {
+            "CRON_SECRET is not configured, so job triggers accept only the operator token"
+        } else {
+            "the cron secret is not valid"
+        }))
+    }
+}
+
 /// A freshly issued key: the full key (shown once) and what is stored.
 pub struct NewKey {
     pub id: String,

@@ -46,6 +46,18 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// SMS tasks.
+    #[command(subcommand)]
+    Sms(SmsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SmsCommand {
+    /// Run the retention cleanup now (the weekly job); exits non-zero unless every step succeeded.
+    Cleanup {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +272,27 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join("\n")
             });
+        }
+        Command::Sms(SmsCommand::Cleanup { json }) => {
+            let state = open_state(settings).await?;
+            let record =
+                crate::jobs::run(&state, crate::jobs::Job::SmsCleanup, crate::jobs::Trigger::Cli, None, "cli").await?;
+            print(json, &record, || {
+                let counts: Vec<String> = record.counts.iter().map(|(k, v)| format!("  {k:<28} {v}")).collect();
+                let errors: Vec<String> = record.errors.iter().map(|e| format!("  FAILED {e}")).collect();
+                format!(
+                    "sms cleanup {:?} ({} ms)\n{}\n{}",
+                    record.status,
+                    record.duration_ms,
+                    counts.join("\n"),
+                    errors.join("\n")
+                )
+                .trim_end()
+                .to_owned()
+            });
+            if record.status != crate::jobs::RunStatus::Succeeded {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Audit(AuditCommand::Verify { json }) => {
             let state = open_state(settings).await?;

@@ -14,6 +14,8 @@ use crate::time::Clock;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Run the scheduler (and later workers) inside this process. `serve` does; tests drive jobs directly.
+    background: bool,
 }
 
 /// Whether `serve` applies migrations itself. SQLite: always (embedded default). PostgreSQL: only when asked,
@@ -38,7 +40,12 @@ impl Application {
                 );
             }
         }
-        Self::build_with(settings, db, Clock::system()).await
+        let app = Self::build_with(settings, db, Clock::system()).await?.with_background();
+        let changes = crate::env_changes::record(&app.state).await.context("recording configuration changes")?;
+        if !changes.is_empty() {
+            tracing::info!(added = ?changes.added, changed = ?changes.changed, removed = ?changes.removed, "configuration changed since the last start");
+        }
+        Ok(app)
     }
 
     /// Build on an existing database handle and clock (tests inject both).
@@ -46,7 +53,13 @@ impl Application {
         let listener = TcpListener::bind(settings.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", settings.bind_addr))?;
-        Ok(Application { listener, state: AppState::new(settings, db, clock) })
+        Ok(Application { listener, state: AppState::new(settings, db, clock), background: false })
+    }
+
+    /// Also run the background work (scheduler loop) while serving.
+    pub fn with_background(mut self) -> Self {
+        self.background = true;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -63,8 +76,19 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let app = crate::http::router(self.state.clone());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut background = Vec::new();
+        if self.background {
+            background.push(tokio::spawn(crate::jobs::schedule::run_loop(self.state.clone(), stop_rx.clone())));
+        }
         tracing::info!(addr = %self.local_addr(), backend = ?self.state.db.backend(), "secur360 listening");
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        // Stop background work, let it finish its current step, then close the pool.
+        let _ = stop_tx.send(true);
+        for task in background {
+            let _ = task.await;
+        }
+        served.context("HTTP server failed")?;
         self.state.db.close().await;
         tracing::info!("secur360 stopped");
         Ok(())

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod tenant_admin;
 pub mod tenants;
 
@@ -36,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tenants/{id}/api-keys", get(tenants::list_keys).post(tenants::create_key))
         .route("/api/tenants/{id}/api-keys/{key_id}", axum::routing::delete(tenants::revoke_key))
         .route("/api/audit", get(audit::list))
+        .route("/api/jobs", get(jobs::list_runs))
+        .route("/api/sms/cleanup", get(jobs::sms_cleanup).post(jobs::sms_cleanup))
         .route("/api/entitlements", get(tenant_admin::entitlements))
         .route("/api/sites", get(tenant_admin::list_sites).post(tenant_admin::create_site))
         .route(

@@ -8,6 +8,7 @@ use secur360::config::Settings;
 use secur360::db::Db;
 use secur360::on_db;
 use secur360::startup::Application;
+use secur360::state::AppState;
 use secur360::time::Clock;
 use serde_json::{json, Value};
 
@@ -81,6 +82,8 @@ pub struct TestApp {
     pub backend: Backend,
     pub address: String,
     pub db: Db,
+    /// The running app's state (same database, settings and clock), to drive jobs and workers directly.
+    pub state: AppState,
     pub client: reqwest::Client,
     _dir: Option<tempfile::TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
@@ -99,12 +102,13 @@ pub async fn spawn_app_with(backend: Backend, vars: &[(&str, &str)]) -> TestApp 
     let settings = Settings::from_vars(env).expect("test settings are valid");
     let app = Application::build_with(settings, db.clone(), Clock::system()).await.expect("build app");
     let address = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    TestApp { backend, address, db, client, _dir: dir, _shutdown: tx }
+    TestApp { backend, address, db, state, client, _dir: dir, _shutdown: tx }
 }
 
 impl TestApp {

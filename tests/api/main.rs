@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod health;
+mod jobs;
 mod signatures;
 mod sites;
 mod store;
