@@ -37,6 +37,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live status of every runbook check; exits 1 when something is critical.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the runbook procedures that can be automated; exits 1 unless every check is healthy.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -216,6 +226,22 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 for (name, value) in rows {
                     println!("{name:<32} {value}");
                 }
+            }
+        }
+        Command::Status { json } => {
+            let state = open_state(settings).await?;
+            let report = crate::status::report(&state).await;
+            print(json, &report, || crate::status::table(&report));
+            if report.status == crate::status::Level::Critical {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Check { json } => {
+            let state = open_state(settings).await?;
+            let report = crate::status::runbook_check(&state).await;
+            print(json, &report, || crate::status::table(&report));
+            if report.status != crate::status::Level::Healthy {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Tenant(TenantCommand::Create { id, name, province, language, json }) => {

@@ -12,6 +12,7 @@ pub mod http;
 pub mod jobs;
 pub mod startup;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod tenancy;
 pub mod time;

@@ -32,6 +32,14 @@ pub async fn sms_cleanup(State(state): State<AppState>, caller: CronCaller) -> A
     trigger(&state, Job::SmsCleanup, caller.actor, Trigger::Http).await
 }
 
+/// `GET /api/system/status`: 200 when healthy or warning, 503 when critical; the body always has every check.
+pub async fn system_status(State(state): State<AppState>, _: Operator) -> impl IntoResponse {
+    let report = crate::status::report(&state).await;
+    let code =
+        if report.status == crate::status::Level::Critical { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (code, Json(report))
+}
+
 pub async fn list_runs(State(state): State<AppState>, _: Operator) -> ApiResult<impl IntoResponse> {
     Ok(Json(json!({ "runs": jobs::recent_runs(&state.db, 50).await? })))
 }

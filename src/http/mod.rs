@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tenants/{id}/api-keys/{key_id}", axum::routing::delete(tenants::revoke_key))
         .route("/api/audit", get(audit::list))
         .route("/api/jobs", get(jobs::list_runs))
+        .route("/api/system/status", get(jobs::system_status))
         .route("/api/sms/cleanup", get(jobs::sms_cleanup).post(jobs::sms_cleanup))
         .route("/api/entitlements", get(tenant_admin::entitlements))
         .route("/api/sites", get(tenant_admin::list_sites).post(tenant_admin::create_site))

@@ -10,6 +10,7 @@ mod health;
 mod jobs;
 mod signatures;
 mod sites;
+mod status;
 mod store;
 mod tenants;
 mod workers;
