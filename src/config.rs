@@ -98,6 +98,14 @@ pub struct Settings {
     pub expected_apex_a: Option<Ipv4Addr>,
     pub expected_www_cname: Option<String>,
     pub log_format: LogFormat,
+    /// Who answers STOP/START/HELP: this service, or Twilio's Advanced Opt-Out (then we stay silent).
+    pub keyword_replies: KeywordReplies,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeywordReplies {
+    Service,
+    Twilio,
 }
 
 /// One documented variable: its name, whether it is secret, and a one-line meaning (README and print-config).
@@ -200,6 +208,12 @@ pub const VARIABLES: &[VarDoc] = &[
     },
     VarDoc { name: "EXPECTED_WWW_CNAME", secret: false, meaning: "expected CNAME of www, checked by the status page" },
     VarDoc { name: "LOG_FORMAT", secret: false, meaning: "`text` (default) or `json`" },
+    VarDoc {
+        name: "SMS_KEYWORD_REPLIES",
+        secret: false,
+        meaning:
+            "`service` (default: we answer STOP/START/HELP) or `twilio` (Advanced Opt-Out answers; we stay silent)",
+    },
 ];
 
 /// All problems found in the configuration, reported together so the operator fixes them in one pass.
@@ -437,6 +451,15 @@ impl Settings {
             }
         };
 
+        let keyword_replies = match r.get("SMS_KEYWORD_REPLIES").as_deref() {
+            None | Some("service") => KeywordReplies::Service,
+            Some("twilio") => KeywordReplies::Twilio,
+            Some(other) => {
+                r.problem(format!("SMS_KEYWORD_REPLIES must be service or twilio (got {other:?})"));
+                KeywordReplies::Service
+            }
+        };
+
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
         }
@@ -460,6 +483,7 @@ impl Settings {
             expected_apex_a,
             expected_www_cname,
             log_format,
+            keyword_replies,
         })
     }
 
@@ -529,6 +553,7 @@ impl Settings {
             ("EXPECTED_APEX_A", opt(&self.expected_apex_a)),
             ("EXPECTED_WWW_CNAME", opt(&self.expected_www_cname)),
             ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
+            ("SMS_KEYWORD_REPLIES", format!("{:?}", self.keyword_replies).to_lowercase()),
         ]
     }
 }

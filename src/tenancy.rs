@@ -542,3 +542,51 @@ pub async fn delete_worker(state: &AppState, tenant_id: &str, id: &str, actor: &
     tx.commit().await?;
     Ok(())
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRecord {
+    pub consent: bool,
+    /// What proves it (e.g. "formulaire papier signé le 2026-11-20, classeur RH"); required.
+    pub evidence: String,
+}
+
+/// Record consent given or withdrawn outside the app (on paper): ledger row with source `paper`.
+pub async fn record_paper_consent(
+    state: &AppState,
+    tenant_id: &str,
+    id: &str,
+    input: ConsentRecord,
+    actor: &Actor,
+) -> ApiResult<workers::WorkerRow> {
+    let evidence = input.evidence.trim();
+    if evidence.is_empty() {
+        return Err(invalid("evidence", "describe the paper evidence (form, date, where it is filed)"));
+    }
+    let evidence = parse_evidence(Some(evidence), String::new)?;
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let mut w = workers::get_in_tx(&mut tx, tenant_id, id).await?.ok_or_else(|| ApiError::not_found("worker"))?;
+    let ev = workers::ConsentEvent {
+        tenant_id: Some(tenant_id),
+        worker_id: Some(id),
+        phone: &w.phone,
+        old_consent: Some(w.sms_consent),
+        new_consent: input.consent,
+        source: "paper",
+        evidence: &evidence,
+        actor: &actor.name,
+        at: now,
+    };
+    workers::insert_consent_event(&mut tx, &ev).await?;
+    w.sms_consent = input.consent;
+    w.sms_consent_at = Some(now);
+    w.sms_consent_source = Some("paper".to_owned());
+    w.updated_at = now;
+    workers::save(&mut tx, &w).await?;
+    let entry = actor.entry(Zone::Sms, "consent_change").tenant(tenant_id).subject(id);
+    let details = json!({ "new_consent": input.consent, "source": "paper", "phone": Phone::parse(&w.phone).map(|p| p.masked()).ok() });
+    audit::append(&mut tx, &entry.details(details), now).await?;
+    tx.commit().await?;
+    Ok(w)
+}

@@ -8,3 +8,4 @@ pub mod sms_segments;
 pub mod stripe_signature;
 pub mod tenant;
 pub mod twilio_signature;
+pub mod twiml;

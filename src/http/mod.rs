@@ -6,6 +6,8 @@ pub mod health;
 pub mod jobs;
 pub mod tenant_admin;
 pub mod tenants;
+pub mod twilio;
+pub mod twilio_webhook;
 
 use std::time::Duration;
 
@@ -51,7 +53,12 @@ pub fn router(state: AppState) -> Router {
             "/api/workers/{id}",
             get(tenant_admin::get_worker).patch(tenant_admin::update_worker).delete(tenant_admin::delete_worker),
         )
-        .route("/api/workers/{id}/consent", get(tenant_admin::worker_consent));
+        .route("/api/workers/{id}/consent", get(tenant_admin::worker_consent).post(tenant_admin::record_consent))
+        .route("/api/workers/{id}/verification", axum::routing::post(tenant_admin::start_verification))
+        .route("/api/workers/{id}/verification/check", axum::routing::post(tenant_admin::check_verification))
+        .route("/api/sms/inbound", axum::routing::post(twilio::sms_inbound))
+        .route("/api/voice/inbound", axum::routing::post(twilio::voice_inbound))
+        .route("/api/voice/dial-status", axum::routing::post(twilio::voice_dial_status));
 
     let cors = CorsLayer::new()
         // Only the app's own origin, echoed back when it is the caller's (never `*`).

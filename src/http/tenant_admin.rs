@@ -129,3 +129,42 @@ pub async fn worker_consent(
     workers::get(&state.db, &admin.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("worker"))?;
     Ok(Json(json!({ "events": workers::consent_history(&state.db, &admin.tenant_id, &id).await? })))
 }
+
+pub async fn record_consent(
+    State(state): State<AppState>,
+    admin: TenantAdmin,
+    req: ReqId,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<tenancy::ConsentRecord>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(tenancy::record_paper_consent(&state, &admin.tenant_id, &id, input, &actor(&admin, req)).await?),
+    ))
+}
+
+pub async fn start_verification(
+    State(state): State<AppState>,
+    admin: TenantAdmin,
+    req: ReqId,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let started = crate::verification::start(&state, &admin.tenant_id, &id, &actor(&admin, req)).await?;
+    Ok((StatusCode::ACCEPTED, Json(started)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeCheck {
+    code: String,
+}
+
+pub async fn check_verification(
+    State(state): State<AppState>,
+    admin: TenantAdmin,
+    req: ReqId,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<CodeCheck>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(crate::verification::check(&state, &admin.tenant_id, &id, &input.code, &actor(&admin, req)).await?))
+}

@@ -1,0 +1,76 @@
+//! Twilio webhooks: the request is accepted only with a valid `X-Twilio-Signature` computed over the URL
+//! rebuilt from `APP_URL` + path + query and the form fields, with the primary or secondary auth token.
+//! No token configured → every request is refused (fail closed).
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::domain::twilio_signature;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The verified form fields of a Twilio webhook.
+pub struct TwilioForm(pub Vec<(String, String)>);
+
+impl TwilioForm {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// A required field, or a 400 naming it.
+    pub fn require(&self, name: &str) -> Result<&str, ApiError> {
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::bad_request("missing_field", format!("the Twilio request has no {name}")))
+    }
+}
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", message)
+}
+
+impl FromRequest<AppState> for TwilioForm {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let tw = &state.settings.twilio;
+        let tokens: Vec<&str> =
+            [&tw.auth_token, &tw.auth_token_secondary].into_iter().flatten().map(|t| t.expose()).collect();
+        if tokens.is_empty() {
+            return Err(forbidden("Twilio webhooks are refused: TWILIO_AUTH_TOKEN is not configured"));
+        }
+        let signature =
+            req.headers().get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+        let url = state.settings.absolute_url(&path_and_query);
+        let body = axum::body::Bytes::from_request(req, state).await.map_err(|_| {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
+        })?;
+        if !is_form {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Twilio webhooks are form-encoded (application/x-www-form-urlencoded)",
+            ));
+        }
+        let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+            .map_err(|_| ApiError::bad_request("malformed_form", "the body is not a valid form encoding"))?;
+        twilio_signature::verify(&url, &params, &signature, &tokens).map_err(|e| forbidden(e.to_string()))?;
+        Ok(TwilioForm(params))
+    }
+}
+
+/// A TwiML answer.
+pub struct TwiMl(pub String);
+
+impl IntoResponse for TwiMl {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], self.0).into_response()
+    }
+}

@@ -1,0 +1,4 @@
+//! What Twilio brings in: inbound SMS (keywords, consent, forwarding) and voice calls.
+
+pub mod sms;
+pub mod voice;
