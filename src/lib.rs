@@ -1,5 +1,6 @@
 //! secur360: the operations backbone of C-Secur360 (billing, SMS alerts, voice, tenants, audit, runbook).
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -8,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

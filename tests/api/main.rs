@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod admin;
 mod audit_log;
 mod auth;
 mod bad_input;
