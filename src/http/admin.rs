@@ -26,9 +26,11 @@ use crate::time::to_rfc3339;
 
 const AUDIT_PAGE: i64 = 25;
 
+/// A rendered page. Its referrer policy is `same-origin` instead of the global `no-referrer`: under
+/// `no-referrer` browsers send `Origin: null` with the page's form POSTs, which the Origin check must refuse.
 fn html<T: Template>(status: StatusCode, page: &T) -> Response {
     match page.render() {
-        Ok(body) => (status, Html(body)).into_response(),
+        Ok(body) => (status, [(header::REFERRER_POLICY, "same-origin")], Html(body)).into_response(),
         Err(e) => ApiError::internal(anyhow::Error::new(e).context("rendering an admin page")).into_response(),
     }
 }
@@ -341,7 +343,11 @@ fn non_empty(v: Option<String>) -> Option<String> {
 }
 
 /// The procedure result named by `?result=<seq>`: an admin-zone audit row written by a procedure handler.
-async fn procedure_result(state: &AppState, seq: Option<&str>) -> Result<Option<ResultView>, sqlx::Error> {
+async fn procedure_result(
+    state: &AppState,
+    t: &'static Texts,
+    seq: Option<&str>,
+) -> Result<Option<ResultView>, sqlx::Error> {
     let Some(seq) = seq.and_then(|s| s.parse::<i64>().ok()).filter(|s| *s > 0) else { return Ok(None) };
     let filter = Filter {
         zone: Some(Zone::Admin.as_str().into()),
@@ -352,10 +358,21 @@ async fn procedure_result(state: &AppState, seq: Option<&str>) -> Result<Option<
     let row = audit::query(&state.db, &filter).await?.into_iter().next().filter(|r| r.seq == seq);
     Ok(row.and_then(|r| {
         let details: Value = serde_json::from_str(&r.details).ok()?;
-        let procedure = details.get("procedure")?.as_str()?.to_owned();
+        let procedure = procedure_label(t, details.get("procedure")?.as_str()?).to_owned();
         let message = details.get("message").and_then(Value::as_str).unwrap_or("").to_owned();
         Some(ResultView { ok: r.outcome == "success", procedure, message, at: to_rfc3339(r.at) })
     }))
+}
+
+fn procedure_label<'a>(t: &'static Texts, name: &'a str) -> &'a str {
+    match name {
+        "send-test-sms" => t.proc_send_sms,
+        "billing-sync" => t.proc_billing_sync,
+        "sms-cleanup" => t.proc_sms_cleanup,
+        "resync-tenant" => t.proc_resync_tenant,
+        "replay-stripe-event" => t.proc_replay_event,
+        other => other,
+    }
 }
 
 fn audit_link(zone: &Option<String>, action: &Option<String>, tenant: &Option<String>, before: Option<i64>) -> String {
@@ -456,7 +473,7 @@ async fn render_runbook(state: &AppState, session: &SessionRow, q: RunbookQuery)
     Ok(RunbookPage {
         t,
         csrf: session.csrf_token.clone(),
-        result: procedure_result(state, q.result.as_deref()).await?,
+        result: procedure_result(state, t, q.result.as_deref()).await?,
         app_url: s.app_url.as_str().trim_end_matches('/').to_owned(),
         apex: show(s.apex_host()),
         expected_apex_a: show(s.expected_apex_a.map(|a| a.to_string())),

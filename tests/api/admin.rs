@@ -151,7 +151,7 @@ both_backends! {
         assert!(location.starts_with("/admin/runbook?result="), "{location}");
         let (_, body, _) = page(&app, &token, &location).await;
         assert!(body.contains("id=\"procedure-result\""), "no result shown");
-        assert!(body.contains("Échec — send-test-sms") && body.contains("pas encore disponible"), "{body}");
+        assert!(body.contains("Échec — Envoyer un SMS de test") && body.contains("pas encore disponible"), "{body}");
         let rows = admin_rows(&app, "send_sms").await;
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].outcome, "failure");
@@ -265,4 +265,56 @@ mod https_app_url {
             assert!(set_cookie.contains("; Secure"), "{set_cookie}");
         }
     }
+}
+
+/// The page in real headless Chromium: log in by typing the token, see every section, press « Envoyer un SMS de
+/// test » and see the result; the screenshot is kept as `target/admin-runbook.png` (a CI artifact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runbook_works_in_headless_chromium_from_login_to_a_procedure_result() {
+    crate::cdp::chromium_path();
+    // APP_URL must be the address Chromium uses: the form POSTs carry it as their Origin.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (bind, origin) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}"));
+    let app = spawn_app_with(Backend::Sqlite, &[("BIND_ADDR", &bind), ("APP_URL", &origin)]).await;
+    let browser = crate::cdp::Browser::launch().await;
+    let mut page = browser.page().await;
+
+    page.goto(&app.url("/admin/runbook")).await;
+    assert_eq!(page.eval("location.pathname").await, "/admin/login", "no session: redirected to the login form");
+    page.type_into("#token", ADMIN_TOKEN).await;
+    page.submit("#login-submit").await;
+    let text = page.eval("document.body.innerText").await;
+    assert_eq!(page.eval("location.pathname").await, "/admin/runbook", "after login: {text}");
+
+    let headings = page.eval("[...document.querySelectorAll('h2')].map(h => h.textContent).join('|')").await;
+    let headings = headings.as_str().unwrap();
+    for section in [
+        "Domaine & DNS",
+        "Variables",
+        "Stripe",
+        "Twilio",
+        "Base de données",
+        "Tâches planifiées",
+        "Procédures",
+        "Surveillance",
+        "Journal d'audit",
+    ] {
+        assert!(headings.contains(section), "{section} missing from {headings}");
+    }
+    let simulated = page.eval("document.getElementById('twilio-simulated').textContent").await;
+    assert!(simulated.as_str().unwrap().contains("SIMULÉ"));
+
+    page.type_into("#sms-to", "+1 514 555 0123").await;
+    page.type_into("#sms-body", "Test du runbook").await;
+    page.submit("#send-test-sms").await;
+    assert!(page.eval("location.search").await.as_str().unwrap().starts_with("?result="));
+    let result = page.eval("document.getElementById('procedure-result').textContent").await;
+    let result = result.as_str().expect("a visible procedure result");
+    assert!(result.contains("Échec — Envoyer un SMS de test") && result.contains("pas encore disponible"), "{result}");
+    assert_eq!(admin_rows(&app, "send_sms").await.len(), 1);
+
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+    let shot = std::path::Path::new(&target).join("admin-runbook.png");
+    page.screenshot(&shot).await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot too small");
 }

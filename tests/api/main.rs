@@ -6,6 +6,7 @@ mod admin;
 mod audit_log;
 mod auth;
 mod bad_input;
+mod cdp;
 mod cli;
 mod health;
 mod signatures;
