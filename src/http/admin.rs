@@ -117,6 +117,8 @@ pub async fn login(
     let (token, session) = admin::new_session(t.lang, now);
     let entry = Entry::new(Zone::Admin, "login", "operator").subject(session.id.clone()).request_id(request_id);
     let stored = async {
+        // Expired rows are useless; the weekly cleanup removes them too.
+        store::delete_expired_sessions(&state.db, now).await?;
         store::insert_session(&state.db, &session).await?;
         audit::record(&state.db, &entry, now).await
     };

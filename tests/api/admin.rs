@@ -255,6 +255,47 @@ both_backends! {
     }
 }
 
+both_backends! {
+    async fn recent_job_runs_are_listed_with_their_counts_and_errors_as_text(app) {
+        app.exec("INSERT INTO job_runs (id, job, occurrence, trigger, instance, status, counts, error, started_at, lease_until, finished_at) \
+                  VALUES ('run_1', 'billing_sync', 'o1', 'schedule', 'i1', 'partial', '{\"customers\":3}', '<b>boom</b>', 1000, 2000, 1500)").await;
+        let (_, token) = login(&app).await;
+        let (_, body, _) = page(&app, &token, "/admin/runbook").await;
+        let jobs = body.split("id=\"jobs\"").nth(1).unwrap().split("</section>").next().unwrap();
+        for text in ["billing_sync", "schedule", "partial", "1970-01-01T00:00:01.000Z", "1970-01-01T00:00:01.500Z",
+                     "customers", "&#60;b&#62;boom&#60;/b&#62;"] {
+            assert!(jobs.contains(text), "{text} missing from {jobs}");
+        }
+    }
+}
+
+mod configured_providers {
+    use super::*;
+
+    const STRIPE_KEY: &str = "sk_test_secretvalue123456";
+    const TWILIO_TOKEN: &str = "twilio-auth-token-secret-value";
+
+    both_backends! {
+        with &[
+            ("STRIPE_SECRET_KEY", STRIPE_KEY),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_webhooksecretvalue"),
+            ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+            ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
+            ("TWILIO_PHONE_NUMBER", "+15145550100"),
+        ];
+        async fn configured_providers_show_presence_and_fingerprints_never_secrets(app) {
+            let (_, token) = login(&app).await;
+            let (_, body, _) = page(&app, &token, "/admin/runbook").await;
+            for secret in [STRIPE_KEY, TWILIO_TOKEN, "whsec_webhooksecretvalue", ADMIN_TOKEN] {
+                assert!(!body.contains(secret), "a secret is shown");
+            }
+            assert!(!body.contains("MODE SIMULÉ") && body.contains("+15145550100"));
+            let stripe = body.split("id=\"stripe\"").nth(1).unwrap().split("</section>").next().unwrap();
+            assert!(!stripe.contains("non configuré") && stripe.contains(">oui<"), "{stripe}");
+        }
+    }
+}
+
 mod https_app_url {
     use super::*;
 
