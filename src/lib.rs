@@ -1,5 +1,6 @@
 //! secur360: the operations backbone of C-Secur360 (billing, SMS alerts, voice, tenants, audit, runbook).
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod inbound;
 pub mod jobs;
+pub mod metrics;
 pub mod outbox;
 pub mod startup;
 pub mod state;

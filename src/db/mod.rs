@@ -3,6 +3,7 @@
 //! SQL is written once with `$n` placeholders and run on either pool through [`on_db!`] / [`on_tx!`], which
 //! instantiate the same query code for both drivers. Times are bound from Rust (milliseconds since the epoch).
 
+pub mod admin;
 pub mod api_keys;
 pub mod sites;
 pub mod subscriptions;

@@ -1,5 +1,6 @@
 //! The HTTP surface: one router per area, and the middleware every response goes through.
 
+pub mod admin;
 pub mod audit;
 pub mod extract;
 pub mod health;
@@ -9,14 +10,14 @@ pub mod tenants;
 pub mod twilio;
 pub mod twilio_webhook;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -24,6 +25,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -72,9 +74,16 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/admin", get(|| async { axum::response::Redirect::to("/admin/runbook") }))
+        .route("/admin/login", get(admin::login_form).post(admin::login))
+        .route("/admin/logout", post(admin::logout))
+        .route("/admin/runbook", get(admin::runbook))
+        .route("/admin/procedures/{name}", post(admin::procedure))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(record_latency))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), canonical_host))
@@ -93,6 +102,23 @@ pub fn router(state: AppState) -> Router {
                 })),
         )
         .with_state(state)
+}
+
+/// `GET /metrics` (operator token): Prometheus text, pool gauges refreshed at scrape time.
+async fn metrics_text(State(state): State<AppState>, _: Operator) -> Response {
+    let body = crate::metrics::render(&state.db);
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
+        .into_response()
+}
+
+/// Latency of every request, labelled by the matched route (`unmatched` for the fallback), never the raw path.
+/// `Router::layer` wraps each route after routing, so `MatchedPath` is already in the request here.
+async fn record_latency(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or(crate::metrics::UNMATCHED, |m| m.as_str()).to_owned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    crate::metrics::http_request(&route, res.status().as_u16(), started.elapsed().as_secs_f64());
+    res
 }
 
 async fn not_found() -> ApiError {

@@ -87,7 +87,7 @@ pub async fn run(state: &AppState, now: i64) -> JobReport {
         ("audit_rows_purged", audit::purge_before(db, audit_cutoff).await),
         (
             "sessions_deleted",
-            exec(db, "DELETE FROM admin_sessions WHERE expires_at < $1", &[now]).await,
+            crate::db::admin::delete_expired_sessions(db, now).await,
         ),
         (
             "verification_codes_deleted",

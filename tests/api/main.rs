@@ -2,9 +2,11 @@
 
 mod helpers;
 
+mod admin;
 mod audit_log;
 mod auth;
 mod bad_input;
+mod cdp;
 mod cli;
 mod health;
 mod inbound;
