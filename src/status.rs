@@ -186,6 +186,24 @@ async fn probe_http(rb: reqwest::RequestBuilder) -> Result<reqwest::StatusCode, 
     }
 }
 
+/// A bounded GET whose JSON answer is needed; errors are phrased for the operator.
+async fn probe_json(provider: &str, rb: reqwest::RequestBuilder) -> Result<Value, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, rb.send()).await {
+        Err(_) => Err(format!("no answer from {provider} within {} s", PROBE_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(format!("{provider} unreachable ({})", e.without_url())),
+        Ok(Ok(r)) if !r.status().is_success() => Err(format!("{provider} answered {}", r.status())),
+        Ok(Ok(r)) => r.json().await.map_err(|e| format!("unreadable answer from {provider}: {e}")),
+    }
+}
+
+impl Report {
+    /// The overall status is the worst of the checks.
+    fn new(checks: Vec<Check>) -> Report {
+        let status = checks.iter().map(|c| c.status).max().unwrap_or(Level::Healthy);
+        Report { status, version: env!("CARGO_PKG_VERSION"), checks }
+    }
+}
+
 async fn stripe(state: &AppState) -> Check {
     let t = Instant::now();
     let s = &state.settings.stripe;
@@ -512,8 +530,7 @@ pub async fn report(state: &AppState) -> Report {
         json!({ "version": env!("CARGO_PKG_VERSION") }),
         t,
     ));
-    let status = checks.iter().map(|c| c.status).max().unwrap_or(Level::Healthy);
-    Report { status, version: env!("CARGO_PKG_VERSION"), checks }
+    Report::new(checks)
 }
 
 async fn stripe_webhook_endpoint(state: &AppState) -> Check {
@@ -531,13 +548,7 @@ async fn stripe_webhook_endpoint(state: &AppState) -> Check {
     };
     let want = state.settings.absolute_url("/api/webhooks/stripe");
     let url = format!("{}/v1/webhook_endpoints?limit=100", s.api_base.as_str().trim_end_matches('/'));
-    let res = tokio::time::timeout(PROBE_TIMEOUT, state.http.get(url).bearer_auth(key.expose()).send()).await;
-    let body: Result<Value, String> = match res {
-        Err(_) => Err("no answer from Stripe".into()),
-        Ok(Err(e)) => Err(format!("Stripe unreachable ({})", e.without_url())),
-        Ok(Ok(r)) if !r.status().is_success() => Err(format!("Stripe answered {}", r.status())),
-        Ok(Ok(r)) => r.json().await.map_err(|e| format!("unreadable answer: {e}")),
-    };
+    let body = probe_json("Stripe", state.http.get(url).bearer_auth(key.expose())).await;
     match body {
         Err(e) => check("stripe_webhook_endpoint", Zone::Stripe, Level::Critical, e, json!({}), t),
         Ok(v) => {
@@ -588,12 +599,7 @@ async fn twilio_number(state: &AppState) -> Check {
     let url =
         format!("{}/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json", tw.api_base.as_str().trim_end_matches('/'));
     let rb = state.http.get(url).query(&[("PhoneNumber", number.as_str())]).basic_auth(sid, Some(token.expose()));
-    let body: Result<Value, String> = match tokio::time::timeout(PROBE_TIMEOUT, rb.send()).await {
-        Err(_) => Err("no answer from Twilio".into()),
-        Ok(Err(e)) => Err(format!("Twilio unreachable ({})", e.without_url())),
-        Ok(Ok(r)) if !r.status().is_success() => Err(format!("Twilio answered {}", r.status())),
-        Ok(Ok(r)) => r.json().await.map_err(|e| format!("unreadable answer: {e}")),
-    };
+    let body = probe_json("Twilio", rb).await;
     let (sms_url, voice_url) =
         (state.settings.absolute_url("/api/sms/inbound"), state.settings.absolute_url("/api/voice/inbound"));
     match body {
@@ -645,8 +651,7 @@ pub async fn runbook_check(state: &AppState) -> Report {
         redirect(state)
     );
     let checks = vec![configuration(state), db, st, swh, tw, twn, d, r];
-    let status = checks.iter().map(|c| c.status).max().unwrap_or(Level::Healthy);
-    Report { status, version: env!("CARGO_PKG_VERSION"), checks }
+    Report::new(checks)
 }
 
 /// A plain-text table of a report (CLI).
