@@ -407,6 +407,34 @@ async fn sms_checks(state: &AppState, now: i64) -> Vec<Check> {
     vec![queue, rate]
 }
 
+async fn webhook_errors(state: &AppState) -> Check {
+    let t = Instant::now();
+    match scalar(state, "SELECT COUNT(*) FROM billing_events WHERE processing_status = 'failed' AND $1 = $1", 0).await {
+        Err(e) => {
+            check("stripe_webhook_errors", Zone::Stripe, Level::Critical, format!("cannot read: {e}"), json!({}), t)
+        }
+        Ok(n) => {
+            let n = n.unwrap_or(0);
+            let level = if n > 0 { Level::Warning } else { Level::Healthy };
+            let detail = if n > 0 {
+                format!("{n} Stripe event(s) failed processing and wait for a retry or replay")
+            } else {
+                "no failed Stripe event".to_owned()
+            };
+            check("stripe_webhook_errors", Zone::Stripe, level, detail, json!({ "failed": n }), t)
+        }
+    }
+}
+
+/// The database-backed figures of the monitoring section (queue, delivery rate, webhook errors, DB size).
+pub async fn monitoring(state: &AppState) -> Vec<Check> {
+    let now = state.now();
+    let mut checks = sms_checks(state, now).await;
+    checks.push(webhook_errors(state).await);
+    checks.push(database(state).await);
+    checks
+}
+
 async fn resolve(host: &str) -> Result<Vec<std::net::IpAddr>, String> {
     match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host((host, 443))).await {
         Err(_) => Err(format!("no DNS answer for {host} within {} s", PROBE_TIMEOUT.as_secs())),
@@ -518,6 +546,7 @@ pub async fn report(state: &AppState) -> Report {
         checks.extend(last_events(state, now).await);
         checks.extend(job_checks(state).await);
         checks.extend(sms_checks(state, now).await);
+        checks.push(webhook_errors(state).await);
     }
     checks.push(d);
     checks.push(r);

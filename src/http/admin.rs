@@ -331,6 +331,8 @@ struct RunbookPage {
     migration_known: i64,
     migration_current: bool,
     jobs: Vec<JobView>,
+    /// Queue, delivery rate, webhook errors, database: the status checks' details.
+    monitoring: Vec<(String, String)>,
     latency: Vec<LatencyView>,
     zones: Vec<ZoneOption>,
     filter_action: String,
@@ -420,6 +422,11 @@ async fn render_runbook(state: &AppState, session: &SessionRow, q: RunbookQuery)
         Err(_) => (0, None),
     };
     let jobs = if db_reachable { crate::jobs::recent_runs(&state.db, 10).await? } else { Vec::new() };
+    let monitoring = if db_reachable {
+        crate::status::monitoring(state).await.into_iter().map(|c| (c.name.to_owned(), c.detail)).collect()
+    } else {
+        Vec::new()
+    };
     let jobs = jobs
         .into_iter()
         .map(|j| JobView {
@@ -496,6 +503,7 @@ async fn render_runbook(state: &AppState, session: &SessionRow, q: RunbookQuery)
         migration_known,
         migration_current: migration_applied == Some(migration_known),
         jobs,
+        monitoring,
         latency,
         zones: Zone::ALL
             .iter()
