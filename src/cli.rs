@@ -46,6 +46,19 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Billing (Stripe) tools.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BillingCommand {
+    /// Reconcile the local mirror with Stripe (customers, subscriptions, recent invoices, undelivered events);
+    /// exits non-zero when anything failed.
+    Sync {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +273,37 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join("\n")
             });
+        }
+        Command::Billing(BillingCommand::Sync { json }) => {
+            let state = open_state(settings).await?;
+            let report = crate::billing::sync::run(&state, state.now()).await;
+            print(json, &report, || {
+                let mut text = format!(
+                    "billing sync {}: {} customer(s), {} subscription(s), {} invoice(s) seen; {} correction(s); \
+                     {} event(s) recovered, {} re-applied, {} still failing",
+                    if report.ok {
+                        "complete"
+                    } else if report.customers_seen + report.subscriptions_seen > 0 {
+                        "PARTIAL"
+                    } else {
+                        "FAILED"
+                    },
+                    report.customers_seen,
+                    report.subscriptions_seen,
+                    report.invoices_seen,
+                    report.corrected,
+                    report.events_recovered,
+                    report.events_retried,
+                    report.events_failed
+                );
+                for e in &report.errors {
+                    text.push_str(&format!("\n  error: {e}"));
+                }
+                text
+            });
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Audit(AuditCommand::Verify { json }) => {
             let state = open_state(settings).await?;

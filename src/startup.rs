@@ -63,11 +63,30 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let app = crate::http::router(self.state.clone());
+        let retry = tokio::spawn(billing_retry_loop(self.state.clone()));
         tracing::info!(addr = %self.local_addr(), backend = ?self.state.db.backend(), "secur360 listening");
         axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+        retry.abort();
         self.state.db.close().await;
         tracing::info!("secur360 stopped");
         Ok(())
+    }
+}
+
+/// Every minute, re-apply Stripe events whose processing failed (or that a crashed instance left leased).
+async fn billing_retry_loop(state: AppState) {
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(60),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match crate::billing::retry_failed(&state, state.now()).await {
+            Ok(r) if r.attempted > 0 => tracing::info!(?r, "re-applied failed Stripe events"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "retrying failed Stripe events failed"),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! instantiate the same query code for both drivers. Times are bound from Rust (milliseconds since the epoch).
 
 pub mod api_keys;
+pub mod billing;
 pub mod sites;
 pub mod subscriptions;
 pub mod tenants;

@@ -1,6 +1,7 @@
 //! The HTTP surface: one router per area, and the middleware every response goes through.
 
 pub mod audit;
+pub mod billing;
 pub mod extract;
 pub mod health;
 pub mod tenant_admin;
@@ -13,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -47,7 +48,13 @@ pub fn router(state: AppState) -> Router {
             "/api/workers/{id}",
             get(tenant_admin::get_worker).patch(tenant_admin::update_worker).delete(tenant_admin::delete_worker),
         )
-        .route("/api/workers/{id}/consent", get(tenant_admin::worker_consent));
+        .route("/api/workers/{id}/consent", get(tenant_admin::worker_consent))
+        .route("/api/billing/checkout", post(billing::checkout))
+        .route("/api/billing/sites", put(billing::sites))
+        .route("/api/billing/portal", post(billing::portal))
+        .route("/api/billing/subscription", get(billing::subscription))
+        .route("/api/billing/sync", get(billing::run_sync).post(billing::run_sync))
+        .route("/api/webhooks/stripe", post(billing::stripe_webhook));
 
     let cors = CorsLayer::new()
         // Only the app's own origin, echoed back when it is the caller's (never `*`).
