@@ -13,7 +13,8 @@ use crate::state::AppState;
 pub struct Receipt {
     pub received: bool,
     pub event_id: String,
-    /// `true` when this delivery was a redelivery of a stored event (no second effect).
+    /// `true` when this delivery had no effect because the event was already stored and applied (or is being
+    /// applied by a concurrent delivery).
     pub duplicate: bool,
     pub status: &'static str,
 }
@@ -52,9 +53,7 @@ pub async fn receive(state: &AppState, signature: Option<&str>, body: &[u8]) -> 
         return Ok(Receipt { received: true, event_id: ev.id, duplicate: !inserted, status: "ignored" });
     }
     match events::process(state, &ev.id, now).await {
-        Ok(Processed::Done) => {
-            Ok(Receipt { received: true, event_id: ev.id, duplicate: !inserted, status: "processed" })
-        }
+        Ok(Processed::Done) => Ok(Receipt { received: true, event_id: ev.id, duplicate: false, status: "processed" }),
         Ok(Processed::NotMine) => {
             let status = store::event(&state.db, &ev.id).await?.map(|r| r.processing_status);
             let status = match status.as_deref() {

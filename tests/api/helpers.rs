@@ -82,6 +82,8 @@ pub struct TestApp {
     pub address: String,
     pub db: Db,
     pub client: reqwest::Client,
+    /// The running app's state (same database and settings), to drive jobs directly.
+    pub state: secur360::state::AppState,
     _dir: Option<tempfile::TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -99,12 +101,13 @@ pub async fn spawn_app_with(backend: Backend, vars: &[(&str, &str)]) -> TestApp 
     let settings = Settings::from_vars(env).expect("test settings are valid");
     let app = Application::build_with(settings, db.clone(), Clock::system()).await.expect("build app");
     let address = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    TestApp { backend, address, db, client, _dir: dir, _shutdown: tx }
+    TestApp { backend, address, db, client, state, _dir: dir, _shutdown: tx }
 }
 
 impl TestApp {
