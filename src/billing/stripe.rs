@@ -206,6 +206,29 @@ impl StripeClient {
         }
     }
 
+    /// Objects of a newest-first list endpoint created at or after `since` (unix seconds): pages until a page
+    /// ends with an older object, so a window of recent invoices costs a few pages, not the whole history.
+    pub async fn list_since(&self, path: &str, since: i64) -> Result<Vec<Value>, StripeError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut q: Form = vec![("limit".into(), PAGE_LIMIT.to_string())];
+            if let Some(a) = &after {
+                q.push(("starting_after".into(), a.clone()));
+            }
+            let page = self.get(path, &q).await?;
+            let data = page["data"].as_array().ok_or_else(|| StripeError::Decode(format!("{path}: no data")))?;
+            out.extend(data.iter().filter(|o| o["created"].as_i64().is_some_and(|c| c >= since)).cloned());
+            let last = data.last();
+            let older = last.and_then(|o| o["created"].as_i64()).is_some_and(|c| c < since);
+            let last_id = last.and_then(|o| o["id"].as_str()).map(str::to_owned);
+            if older || page["has_more"].as_bool() != Some(true) || last_id.is_none() {
+                return Ok(out);
+            }
+            after = last_id;
+        }
+    }
+
     // --- the endpoints we use -------------------------------------------------------------------------
 
     pub async fn create_customer(&self, form: &[(String, String)], key: &str) -> Result<Value, StripeError> {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::events::{self, invoice_row, resolve_tenant, subscription_row, Event};
-use super::stripe::{Form, StripeClient};
+use super::stripe::StripeClient;
 use crate::audit::{self, Entry, Outcome, Zone};
 use crate::db::billing::{self as store, EventRow};
 use crate::db::Tx;
@@ -232,8 +232,7 @@ async fn reconcile(state: &AppState, client: &StripeClient, now: i64, report: &m
         }
     }
     let since = now.div_euclid(1000) - INVOICE_WINDOW_DAYS * 86_400;
-    let q: Form = crate::form![("created[gte]", since)];
-    match client.list_all("/v1/invoices", &q).await {
+    match client.list_since("/v1/invoices", since).await {
         Err(e) => report.errors.push(format!("listing invoices: {e}")),
         Ok(list) => {
             report.invoices_seen = list.len() as u64;

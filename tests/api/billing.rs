@@ -364,3 +364,34 @@ both_backends! {
 async fn scalar_text(app: &TestApp, sql: &str) -> String {
     on_db!(&app.db, p => sqlx::query_scalar::<_, String>(sql).fetch_one(p).await).unwrap()
 }
+
+async fn cli_sync(db_url: &str, vars: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_secur360"));
+    cmd.args(["billing", "sync", "--json"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run secur360")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_billing_sync_command_prints_its_report_and_fails_when_stripe_is_unreachable_or_unconfigured() {
+    let fake = FakeStripe::start().await;
+    fake.put_customer("cus_x", "");
+    let (_db, url, _dir) = fresh_database(Backend::Sqlite).await;
+    let out = cli_sync(&url, &fake.vars()).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["ok"].as_bool(), report["customers_seen"].as_i64()), (Some(true), Some(1)));
+
+    let out = cli_sync(&url, &[]).await;
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["errors"][0].as_str().unwrap().contains("not configured"), "{report}");
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains(KEY));
+}

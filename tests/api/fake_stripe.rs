@@ -149,7 +149,12 @@ pub fn invoice(id: &str, customer: &str, sub: &str, status: &str, total: i64) ->
            "amount_remaining": if status == "paid" { 0 } else { total }, "subtotal": total * 100 / 115,
            "tax": total - total * 100 / 115, "total": total, "hosted_invoice_url": format!("https://invoice.stripe.test/{id}"),
            "invoice_pdf": format!("https://invoice.stripe.test/{id}.pdf"), "attempt_count": 1,
-           "period_start": 1_764_000_000, "period_end": 1_766_592_000, "created": 1_764_000_100, "livemode": false})
+           "period_start": 1_764_000_000, "period_end": 1_766_592_000, "created": recent(), "livemode": false})
+}
+
+/// A creation time inside the sync's invoice window.
+fn recent() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 3_600
 }
 
 fn parse_pairs(s: &str) -> Vec<(String, String)> {

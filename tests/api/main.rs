@@ -6,6 +6,7 @@ mod audit_log;
 mod auth;
 mod bad_input;
 mod billing;
+mod billing_localstripe;
 mod billing_webhooks;
 mod cli;
 mod fake_stripe;
