@@ -502,3 +502,87 @@ pub async fn retry_failed(state: &AppState, now: i64) -> anyhow::Result<RetryRep
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use url::Url;
+
+    fn prices() -> StripeSettings {
+        StripeSettings {
+            secret_key: None,
+            webhook_secrets: vec![],
+            price_monthly: Some("p_m".into()),
+            price_annual: Some("p_y".into()),
+            price_addon_site_monthly: Some("a_m".into()),
+            price_addon_site_annual: Some("a_y".into()),
+            account_country: "CA".into(),
+            trial_days: None,
+            api_base: Url::parse("https://api.stripe.com").unwrap(),
+        }
+    }
+
+    fn sub(status: &str, items: Value) -> Value {
+        json!({"id": "sub_1", "customer": "cus_1", "status": status, "items": {"data": items},
+               "current_period_end": 1_700_000_000, "cancel_at_period_end": true, "created": 1_600_000_000})
+    }
+
+    #[test]
+    fn the_plan_and_the_add_on_quantity_come_from_the_configured_prices() {
+        let cases = [
+            // (items, interval, addon quantity, addon item)
+            (
+                json!([{"id": "si_b", "price": {"id": "p_m", "recurring": {"interval": "month"}}, "quantity": 1},
+                    {"id": "si_a", "price": {"id": "a_m"}, "quantity": 4}]),
+                Some("month"),
+                4,
+                Some("si_a"),
+            ),
+            (
+                json!([{"id": "si_b", "price": {"id": "p_y", "recurring": {"interval": "year"}}, "quantity": 1}]),
+                Some("year"),
+                0,
+                None,
+            ),
+            // API versions with plans only (localstripe): the plan's interval.
+            (
+                json!([{"id": "si_a", "plan": {"id": "a_m", "interval": "month"}, "quantity": 2}]),
+                Some("month"),
+                2,
+                Some("si_a"),
+            ),
+            // An unknown price with a weekly interval: no plan interval, no add-on.
+            (json!([{"id": "si_x", "price": {"id": "other", "recurring": {"interval": "week"}}}]), None, 0, None),
+        ];
+        for (items, interval, qty, addon_item) in cases {
+            let row = subscription_row(&prices(), &sub("active", items.clone()), "acme", 5, 9).unwrap();
+            assert_eq!(row.plan_interval.as_deref(), interval, "{items}");
+            assert_eq!(row.addon_quantity, qty, "{items}");
+            assert_eq!(row.addon_item_id.as_deref(), addon_item, "{items}");
+            assert_eq!(
+                (row.current_period_end, row.cancel_at_period_end, row.stripe_updated_at),
+                (Some(1_700_000_000_000), true, 5)
+            );
+        }
+    }
+
+    #[test]
+    fn past_due_starts_its_grace_at_the_watermark_and_unknown_statuses_are_errors() {
+        let row = subscription_row(&prices(), &sub("past_due", json!([])), "acme", 77, 99).unwrap();
+        assert_eq!(row.past_due_since, Some(77));
+        assert!(subscription_row(&prices(), &sub("exploded", json!([])), "acme", 1, 1).is_err());
+        assert!(subscription_row(&prices(), &json!({"id": "sub_1", "status": "active"}), "acme", 1, 1).is_err());
+    }
+
+    #[test]
+    fn events_without_id_type_created_or_object_are_malformed() {
+        let ok = json!({"id": "evt_1", "type": "invoice.paid", "created": 5, "data": {"object": {"id": "in_1"}}});
+        let ev = Event::parse(&ok).unwrap();
+        assert_eq!((ev.watermark(), ev.object_id().as_deref(), ev.is_handled()), (5_000, Some("in_1"), true));
+        for field in ["id", "type", "created", "data"] {
+            let mut bad = ok.clone();
+            bad.as_object_mut().unwrap().remove(field);
+            assert!(Event::parse(&bad).is_err(), "{field}");
+        }
+    }
+}

@@ -101,7 +101,10 @@ async fn sync_subscription(state: &AppState, obj: &Value, now: i64) -> anyhow::R
     let customer = obj["customer"].as_str().or_else(|| obj["customer"]["id"].as_str()).unwrap_or_default();
     let mut tx = state.db.begin().await?;
     let Some(tenant) = resolve_tenant(&mut tx, customer, obj["metadata"]["tenant_id"].as_str(), now).await? else {
-        anyhow::bail!("subscription {} belongs to customer {customer}, which no tenant owns", obj["id"]);
+        // The customers pass linked every customer that names a tenant: this one is not ours (made by hand in
+        // the dashboard), so there is nothing to mirror.
+        tracing::info!(subscription = %obj["id"], customer, "billing sync: subscription of a foreign customer skipped");
+        return Ok(false);
     };
     let row = subscription_row(&state.settings.stripe, obj, &tenant, now, now)?;
     let existing = store::subscription_in(&mut tx, &row.stripe_subscription_id).await?;
