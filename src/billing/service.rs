@@ -128,6 +128,12 @@ fn new_key(what: &str) -> String {
 /// `customers.tenant_id` (so concurrent requests store one row and all use it).
 pub async fn ensure_customer(state: &AppState, client: &StripeClient, tenant_id: &str) -> ApiResult<String> {
     if let Some(c) = store::customer_for_tenant(&state.db, tenant_id).await? {
+        if c.deleted {
+            return Err(ApiError::conflict(
+                "stripe_customer_deleted",
+                "this tenant's Stripe customer was deleted in Stripe; the operator must restore or re-link it",
+            ));
+        }
         return Ok(c.stripe_customer_id);
     }
     let tenant = crate::db::tenants::get(&state.db, tenant_id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;

@@ -300,6 +300,38 @@ both_backends! {
         assert_eq!((e["access"].as_str(), e["max_sites"].as_i64()), (Some("suspended"), Some(1)));
     }
 
+    async fn invoice_and_customer_events_are_order_safe_too(app) {
+        app.tenant_with_key("acme").await;
+        link_customer(&app, "acme", "cus_acme").await;
+        let t = now_secs() - 100;
+        let inv = |status: &str| crate::fake_stripe::invoice("in_o", "cus_acme", "sub_x", status, 5_750);
+        // Paid arrives first; the older draft/open states arriving later do not reopen it.
+        for (id, kind, created, status) in [
+            ("evt_i3", "invoice.paid", t + 20, "paid"),
+            ("evt_i1", "invoice.created", t, "draft"),
+            ("evt_i2", "invoice.finalized", t + 10, "open"),
+            ("evt_i4", "invoice.payment_succeeded", t + 20, "paid"),
+        ] {
+            let (s, res) = deliver(&app, &event(id, kind, created, inv(status))).await;
+            assert_eq!(s, StatusCode::OK, "{res}");
+        }
+        assert_eq!(text(&app, "SELECT status FROM invoices WHERE stripe_invoice_id = 'in_o'").await.as_deref(), Some("paid"));
+        assert_eq!(scalar(&app, "SELECT amount_paid FROM invoices WHERE stripe_invoice_id = 'in_o'").await, 5_750);
+
+        let cust = |email: &str| json!({"id": "cus_acme", "object": "customer", "email": email, "name": "Acme", "metadata": {"tenant_id": "acme"}});
+        deliver(&app, &event("evt_c2", "customer.updated", t + 20, cust("new@acme.test"))).await;
+        deliver(&app, &event("evt_c1", "customer.updated", t + 10, cust("old@acme.test"))).await;
+        assert_eq!(text(&app, "SELECT email FROM customers WHERE stripe_customer_id = 'cus_acme'").await.as_deref(), Some("new@acme.test"));
+        let mut gone = cust("new@acme.test");
+        gone["deleted"] = json!(true);
+        deliver(&app, &event("evt_c3", "customer.deleted", t + 30, gone)).await;
+        assert_eq!(scalar(&app, "SELECT CAST(CASE WHEN deleted THEN 1 ELSE 0 END AS BIGINT) FROM customers WHERE stripe_customer_id = 'cus_acme'").await, 1);
+        // invoice.upcoming has no id: acknowledged, nothing mirrored.
+        let (s, _) = deliver(&app, &event("evt_up", "invoice.upcoming", t + 40, json!({"object": "invoice", "customer": "cus_acme", "total": 1}))).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(app.count("invoices").await, 1);
+    }
+
     async fn checkout_completion_links_the_customer_named_by_the_session(app) {
         app.tenant_with_key("acme").await;
         let session = json!({"id": "cs_1", "object": "checkout.session", "customer": "cus_new", "subscription": "sub_new",
