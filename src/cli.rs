@@ -59,6 +59,19 @@ enum Command {
     /// SMS tasks.
     #[command(subcommand)]
     Sms(SmsCommand),
+    /// Billing (Stripe) tools.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BillingCommand {
+    /// Reconcile the local mirror with Stripe (customers, subscriptions, recent invoices, undelivered events);
+    /// exits non-zero unless everything succeeded.
+    Sync {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +208,26 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     }
 }
 
+/// Run a job now from the CLI (recorded in job_runs, refused while it already runs); exit 1 unless it succeeded.
+async fn run_job(state: &AppState, job: crate::jobs::Job, json: bool) -> anyhow::Result<ExitCode> {
+    let record = crate::jobs::run(state, job, crate::jobs::Trigger::Cli, None, "cli").await?;
+    print(json, &record, || {
+        let counts: Vec<String> = record.counts.iter().map(|(k, v)| format!("  {k:<28} {v}")).collect();
+        let errors: Vec<String> = record.errors.iter().map(|e| format!("  FAILED {e}")).collect();
+        format!(
+            "{} {:?} ({} ms)\n{}\n{}",
+            job.as_str(),
+            record.status,
+            record.duration_ms,
+            counts.join("\n"),
+            errors.join("\n")
+        )
+        .trim_end()
+        .to_owned()
+    });
+    Ok(if record.status == crate::jobs::RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 fn api(e: ApiError) -> anyhow::Error {
     match e.source {
         Some(source) if e.status.is_server_error() => source.context(e.message),
@@ -299,26 +332,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                     .join("\n")
             });
         }
+        Command::Billing(BillingCommand::Sync { json }) => {
+            let state = open_state(settings).await?;
+            return run_job(&state, crate::jobs::Job::BillingSync, json).await;
+        }
         Command::Sms(SmsCommand::Cleanup { json }) => {
             let state = open_state(settings).await?;
-            let record =
-                crate::jobs::run(&state, crate::jobs::Job::SmsCleanup, crate::jobs::Trigger::Cli, None, "cli").await?;
-            print(json, &record, || {
-                let counts: Vec<String> = record.counts.iter().map(|(k, v)| format!("  {k:<28} {v}")).collect();
-                let errors: Vec<String> = record.errors.iter().map(|e| format!("  FAILED {e}")).collect();
-                format!(
-                    "sms cleanup {:?} ({} ms)\n{}\n{}",
-                    record.status,
-                    record.duration_ms,
-                    counts.join("\n"),
-                    errors.join("\n")
-                )
-                .trim_end()
-                .to_owned()
-            });
-            if record.status != crate::jobs::RunStatus::Succeeded {
-                return Ok(ExitCode::FAILURE);
-            }
+            return run_job(&state, crate::jobs::Job::SmsCleanup, json).await;
         }
         Command::Audit(AuditCommand::Verify { json }) => {
             let state = open_state(settings).await?;

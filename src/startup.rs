@@ -80,6 +80,7 @@ impl Application {
         let mut background = Vec::new();
         if self.background {
             background.push(tokio::spawn(crate::jobs::schedule::run_loop(self.state.clone(), stop_rx.clone())));
+            background.push(tokio::spawn(billing_retry_loop(self.state.clone(), stop_rx.clone())));
         }
         tracing::info!(addr = %self.local_addr(), backend = ?self.state.db.backend(), "secur360 listening");
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
@@ -92,6 +93,26 @@ impl Application {
         self.state.db.close().await;
         tracing::info!("secur360 stopped");
         Ok(())
+    }
+}
+
+/// Every minute, re-apply Stripe events whose processing failed (or that a crashed instance left leased).
+async fn billing_retry_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(60),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match crate::billing::retry_failed(&state, state.now()).await {
+            Ok(r) if r.attempted > 0 => tracing::info!(?r, "re-applied failed Stripe events"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "retrying failed Stripe events failed"),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod api_keys;
+pub mod billing;
 pub mod sites;
 pub mod subscriptions;
 pub mod tenants;

@@ -28,6 +28,10 @@ pub async fn trigger(state: &AppState, job: Job, actor: &str, trigger: Trigger) 
     }
 }
 
+pub async fn billing_sync(State(state): State<AppState>, caller: CronCaller) -> ApiResult<impl IntoResponse> {
+    trigger(&state, Job::BillingSync, caller.actor, Trigger::Http).await
+}
+
 pub async fn sms_cleanup(State(state): State<AppState>, caller: CronCaller) -> ApiResult<impl IntoResponse> {
     trigger(&state, Job::SmsCleanup, caller.actor, Trigger::Http).await
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod billing;
 pub mod extract;
 pub mod health;
 pub mod jobs;
@@ -17,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -60,7 +61,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workers/{id}/verification/check", axum::routing::post(tenant_admin::check_verification))
         .route("/api/sms/inbound", axum::routing::post(twilio::sms_inbound))
         .route("/api/voice/inbound", axum::routing::post(twilio::voice_inbound))
-        .route("/api/voice/dial-status", axum::routing::post(twilio::voice_dial_status));
+        .route("/api/voice/dial-status", axum::routing::post(twilio::voice_dial_status))
+        .route("/api/billing/checkout", post(billing::checkout))
+        .route("/api/billing/sites", put(billing::sites))
+        .route("/api/billing/portal", post(billing::portal))
+        .route("/api/billing/subscription", get(billing::subscription))
+        .route("/api/billing/sync", get(jobs::billing_sync).post(jobs::billing_sync))
+        .route("/api/webhooks/stripe", post(billing::stripe_webhook));
 
     let cors = CorsLayer::new()
         // Only the app's own origin, echoed back when it is the caller's (never `*`).

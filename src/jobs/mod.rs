@@ -79,11 +79,15 @@ impl Trigger {
 pub struct JobReport {
     pub counts: serde_json::Map<String, Value>,
     pub errors: Vec<String>,
+    /// Some of the work was done (with errors, the run is `partial` rather than `failed`).
+    pub progressed: bool,
 }
 
 impl JobReport {
+    /// A step that completed, with how many rows/objects it handled.
     pub fn count(&mut self, name: &str, n: u64) {
         self.counts.insert(name.to_owned(), json!(n));
+        self.progressed = true;
     }
 
     pub fn error(&mut self, step: &str, e: impl std::fmt::Display) {
@@ -149,17 +153,32 @@ pub async fn run(
     let report = match job {
         Job::SmsCleanup => cleanup::run(state, started_at).await,
         Job::BillingSync => {
-            let mut r = JobReport::default();
-            r.error("billing_sync", "billing sync is not available in this build");
-            r
+            let s = crate::billing::sync::run(state, started_at).await;
+            let mut counts = serde_json::Map::new();
+            for (name, n) in [
+                ("customers_seen", s.customers_seen),
+                ("subscriptions_seen", s.subscriptions_seen),
+                ("invoices_seen", s.invoices_seen),
+                ("corrected", s.corrected),
+                ("events_recovered", s.events_recovered),
+                ("events_retried", s.events_retried),
+                ("events_failed", s.events_failed),
+            ] {
+                counts.insert(name.to_owned(), json!(n));
+            }
+            let mut errors = s.errors;
+            if !s.ok && errors.is_empty() {
+                errors.push("billing sync did not complete".to_owned());
+            }
+            JobReport { counts, errors, progressed: s.customers_seen + s.subscriptions_seen > 0 }
         }
     };
     let status = if report.errors.is_empty() {
         RunStatus::Succeeded
-    } else if report.counts.is_empty() {
-        RunStatus::Failed
-    } else {
+    } else if report.progressed {
         RunStatus::Partial
+    } else {
+        RunStatus::Failed
     };
     let record = RunRecord {
         run_id,
