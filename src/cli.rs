@@ -162,7 +162,7 @@ async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
     if db.backend() == crate::db::Backend::Sqlite {
         db.migrate().await?;
     }
-    Ok(AppState::new(settings, db, Clock::system()))
+    AppState::new(settings, db, Clock::system())
 }
 
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {

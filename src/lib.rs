@@ -8,6 +8,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod sms;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

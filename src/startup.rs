@@ -14,6 +14,8 @@ use crate::time::Clock;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Run the SMS dispatcher loop while serving (on for `serve`; tests drive `run_once` themselves).
+    dispatcher: bool,
 }
 
 /// Whether `serve` applies migrations itself. SQLite: always (embedded default). PostgreSQL: only when asked,
@@ -38,15 +40,21 @@ impl Application {
                 );
             }
         }
-        Self::build_with(settings, db, Clock::system()).await
+        Ok(Self::build_with(settings, db, Clock::system()).await?.with_dispatcher(true))
     }
 
-    /// Build on an existing database handle and clock (tests inject both).
+    /// Build on an existing database handle and clock (tests inject both). The SMS dispatcher loop is off;
+    /// turn it on with [`Application::with_dispatcher`].
     pub async fn build_with(settings: Settings, db: Db, clock: Clock) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", settings.bind_addr))?;
-        Ok(Application { listener, state: AppState::new(settings, db, clock) })
+        Ok(Application { listener, state: AppState::new(settings, db, clock)?, dispatcher: false })
+    }
+
+    pub fn with_dispatcher(mut self, on: bool) -> Self {
+        self.dispatcher = on;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -64,7 +72,16 @@ impl Application {
     ) -> anyhow::Result<()> {
         let app = crate::http::router(self.state.clone());
         tracing::info!(addr = %self.local_addr(), backend = ?self.state.db.backend(), "secur360 listening");
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let dispatcher =
+            self.dispatcher.then(|| tokio::spawn(crate::sms::dispatcher::run_loop(self.state.clone(), stopped)));
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        // Let the dispatcher finish its pass (outcomes recorded) before closing the pool.
+        let _ = stop.send(true);
+        if let Some(d) = dispatcher {
+            let _ = d.await;
+        }
+        served.context("HTTP server failed")?;
         self.state.db.close().await;
         tracing::info!("secur360 stopped");
         Ok(())

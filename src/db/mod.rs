@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod sites;
+pub mod sms;
 pub mod subscriptions;
 pub mod tenants;
 pub mod workers;

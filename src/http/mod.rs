@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod extract;
 pub mod health;
+pub mod sms;
 pub mod tenant_admin;
 pub mod tenants;
 
@@ -47,7 +48,11 @@ pub fn router(state: AppState) -> Router {
             "/api/workers/{id}",
             get(tenant_admin::get_worker).patch(tenant_admin::update_worker).delete(tenant_admin::delete_worker),
         )
-        .route("/api/workers/{id}/consent", get(tenant_admin::worker_consent));
+        .route("/api/workers/{id}/consent", get(tenant_admin::worker_consent))
+        .route("/api/sms/alerts", axum::routing::post(sms::create_alert))
+        .route("/api/sms/alerts/{id}", get(sms::get_alert))
+        .route("/api/send-sms", axum::routing::post(sms::send_sms))
+        .route("/api/sms/status", axum::routing::post(sms::status_callback));
 
     let cors = CorsLayer::new()
         // Only the app's own origin, echoed back when it is the caller's (never `*`).
