@@ -46,6 +46,29 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// SMS tools.
+    #[command(subcommand)]
+    Sms(SmsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SmsCommand {
+    /// Send a test SMS (the runbook's procedure): queue it, then run one dispatch pass.
+    Send {
+        /// Recipient; national numbers are read as Canadian.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        body: String,
+        /// Repeat-safe key: the same key and message answer as the first time without sending again.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Only queue it (a running `serve` sends it).
+        #[arg(long)]
+        queue_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +282,34 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                     .map(|w| format!("{:<26} {:<16} consent={:<5} {}", w.id, w.phone, w.sms_consent, w.name))
                     .collect::<Vec<_>>()
                     .join("\n")
+            });
+        }
+        Command::Sms(SmsCommand::Send { to, body, idempotency_key, queue_only, json }) => {
+            let state = open_state(settings).await?;
+            let request = serde_json::json!({ "to": to, "body": body });
+            let mut answer = crate::sms::alerts::send_test(&state, request, idempotency_key.as_deref(), &cli_actor)
+                .await
+                .map_err(api)?;
+            if !queue_only && answer["status"] == "queued" {
+                let report = crate::sms::dispatcher::run_once(&state, state.now()).await?;
+                let id = answer["message_id"].as_str().unwrap_or_default().to_owned();
+                let status = crate::db::sms::message_status(&state.db, &id).await?;
+                answer["dispatch"] = serde_json::json!({ "report": report, "message_status": status });
+            }
+            print(json, &answer, || {
+                let mut line = format!(
+                    "SMS {} to {}: {} ({} segment(s), {}) via the {} provider",
+                    answer["message_id"].as_str().unwrap_or("-"),
+                    answer["to_masked"].as_str().unwrap_or("-"),
+                    answer["dispatch"]["message_status"].as_str().or(answer["status"].as_str()).unwrap_or("-"),
+                    answer["segments"],
+                    answer["encoding"].as_str().unwrap_or("-"),
+                    answer["provider"].as_str().unwrap_or("-"),
+                );
+                if answer["provider"] == "simulated" {
+                    line.push_str("\nSIMULATED: Twilio is not configured, nothing was sent to a phone");
+                }
+                line
             });
         }
         Command::Audit(AuditCommand::Verify { json }) => {

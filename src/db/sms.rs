@@ -431,3 +431,8 @@ pub async fn lock_sid(tx: &mut Tx, sid: &str) -> Result<(), sqlx::Error> {
     }
     Ok(())
 }
+
+/// The stored status of one message (CLI and tests).
+pub async fn message_status(db: &Db, id: &str) -> Result<Option<String>, sqlx::Error> {
+    on_db!(db, p => sqlx::query_scalar("SELECT status FROM sms_messages WHERE id = $1").bind(id).fetch_optional(p).await)
+}
