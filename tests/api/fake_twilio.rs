@@ -55,16 +55,33 @@ struct Inner {
 pub struct FakeTwilio {
     pub base: String,
     inner: Arc<Mutex<Inner>>,
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl FakeTwilio {
     pub async fn start() -> FakeTwilio {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new().fallback(handle).with_state(inner.clone());
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let app = Router::new().fallback(handle).with_state((inner.clone(), arrived.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake Twilio");
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeTwilio { base, inner }
+        FakeTwilio { base, inner, arrived }
+    }
+
+    /// Resolve once `n` requests have arrived (woken by each arrival, bounded by `within`).
+    pub async fn wait_for_requests(&self, n: usize, within: Duration) -> Vec<Recorded> {
+        tokio::time::timeout(within, async {
+            loop {
+                let notified = self.arrived.notified();
+                if self.requests().len() >= n {
+                    return self.requests();
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the fake Twilio did not get {n} request(s) within {within:?}"))
     }
 
     /// Replies for the next requests, in order.
@@ -93,7 +110,10 @@ impl FakeTwilio {
     }
 }
 
-async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Response {
+async fn handle(
+    State((inner, arrived)): State<(Arc<Mutex<Inner>>, Arc<tokio::sync::Notify>)>,
+    req: Request,
+) -> Response {
     let path = req.uri().path().to_owned();
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
@@ -105,6 +125,7 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
         let sid = format!("SM{:032x}", g.next_sid);
         g.script.pop_front().unwrap_or(Reply::Created(sid))
     };
+    arrived.notify_waiters();
     let created = |sid: String| {
         let to = form.iter().find(|(k, _)| k == "To").map(|(_, v)| v.clone());
         (StatusCode::CREATED, axum::Json(json!({ "sid": sid, "status": "accepted", "to": to }))).into_response()

@@ -13,4 +13,5 @@ mod sites;
 mod sms;
 mod store;
 mod tenants;
+mod twilio_contract;
 mod workers;

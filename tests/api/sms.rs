@@ -596,3 +596,50 @@ pub fn python_twilio_signature(url: &str, params: &[(String, String)], token: &s
     let v: Value = serde_json::from_slice(&out.stdout).expect("sign.py answers JSON");
     v["signature"].as_str().unwrap_or_else(|| panic!("no signature: {v}")).to_owned()
 }
+
+/// The background loop that `serve` runs sends what the API queued, with no test driving it.
+async fn serve_loop(backend: Backend) {
+    let fake = FakeTwilio::start().await;
+    let (db, db_url, _dir) = fresh_database(backend).await;
+    let mut env: std::collections::BTreeMap<String, String> = fake.vars().into_iter().collect();
+    env.insert("BIND_ADDR".into(), "127.0.0.1:0".into());
+    env.insert("DATABASE_URL".into(), db_url.clone());
+    env.insert("ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
+    let settings = secur360::config::Settings::from_vars(env).unwrap();
+    let app = secur360::startup::Application::build_with(settings, db.clone(), Clock::system())
+        .await
+        .unwrap()
+        .with_dispatcher(true);
+    let address = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let res = reqwest::Client::new()
+        .post(format!("{address}/api/send-sms"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"to": "514 873 2015", "body": "Test du répartiteur"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let reqs = fake.wait_for_requests(1, Duration::from_secs(20)).await;
+    assert_eq!(reqs[0].field("To"), Some("+15148732015"));
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    // The app closed its pool on the way out, after the dispatcher recorded its outcome.
+    let db = secur360::db::Db::connect(&db_url, 1).await.unwrap();
+    let status: String =
+        on_db!(&db, p => sqlx::query_scalar("SELECT status FROM sms_messages").fetch_one(p).await).unwrap();
+    assert_eq!(status, "sending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_loop_sends_queued_messages_on_sqlite() {
+    serve_loop(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_loop_sends_queued_messages_on_postgres() {
+    serve_loop(Backend::Postgres).await;
+}
