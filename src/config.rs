@@ -659,6 +659,28 @@ mod tests {
     }
 
     #[test]
+    fn sms_limits_have_their_defaults_are_documented_and_zero_is_refused() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        let l = &s.sms;
+        assert_eq!((l.max_segments, l.rate_per_minute, l.max_recipients, l.dispatch_concurrency), (4, 600, 2000, 8));
+        assert_eq!((l.dispatch_rate_per_second, l.max_attempts, l.provider_timeout_ms), (20, 6, 10_000));
+        let shown: Vec<&str> = s.display_rows().into_iter().map(|(k, _)| k).collect();
+        for name in [
+            "SMS_MAX_SEGMENTS",
+            "SMS_RATE_PER_MINUTE",
+            "SMS_MAX_RECIPIENTS",
+            "SMS_DISPATCH_CONCURRENCY",
+            "SMS_DISPATCH_RATE_PER_SECOND",
+            "SMS_MAX_ATTEMPTS",
+            "SMS_PROVIDER_TIMEOUT_MS",
+        ] {
+            assert!(shown.contains(&name) && VARIABLES.iter().any(|v| v.name == name), "{name}");
+        }
+        let err = Settings::from_vars(vars(&[("SMS_MAX_ATTEMPTS", "0"), ("SMS_MAX_SEGMENTS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("SMS_MAX_ATTEMPTS") && err.to_string().contains("SMS_MAX_SEGMENTS"));
+    }
+
+    #[test]
     fn an_empty_cron_variable_disables_the_schedule() {
         let s = Settings::from_vars(vars(&[("SMS_CLEANUP_CRON", "")])).unwrap();
         assert_eq!(s.sms_cleanup_cron, None);

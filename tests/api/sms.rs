@@ -471,6 +471,25 @@ sms_tests! {
         assert_eq!(message_status(&app, &id).await, "sending");
     }
 
+    async fn concurrent_dispatchers_claim_disjoint_messages(app, fake, twilio = true, vars = &[]) {
+        for i in 0..12 {
+            test_sms(&app, &format!("514 873 {}", 2200 + i), "Test").await;
+        }
+        let (a, b, c) = tokio::join!(
+            sms_db::claim(&app.db, T0, T0 + 60_000, "inst_a", 5),
+            sms_db::claim(&app.db, T0, T0 + 60_000, "inst_b", 5),
+            sms_db::claim(&app.db, T0, T0 + 60_000, "inst_c", 5),
+        );
+        // A racing claim may come back short (rows taken under it); whatever is left is claimed next.
+        let rest = sms_db::claim(&app.db, T0, T0 + 60_000, "inst_d", 20).await.unwrap();
+        let mut ids: Vec<String> =
+            [a.unwrap(), b.unwrap(), c.unwrap(), rest].concat().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids.len(), 12, "every message claimed once");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 12, "no message claimed twice");
+    }
+
     async fn signed_status_callbacks_are_applied_and_tampered_or_unsigned_ones_refused_without_effect(app, fake, twilio = true, vars = &[]) {
         let key = app.tenant_with_key("acme").await;
         worker(&app, &key, "Jean", "514 873 2015", true).await;
