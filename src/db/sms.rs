@@ -275,8 +275,10 @@ pub struct Claimed {
     pub created_at: i64,
 }
 
-/// Due: queued and past its next attempt; or `sending` without a SID whose lease expired (its instance died
-/// between the claim and recording the outcome).
+/// Queue states: `queued` (waiting for `next_attempt_at`) → `sending` with a lease and no SID (claimed, provider
+/// call in progress) → `sending` with a SID (Twilio has it; callbacks take over) or back to `queued` / a final
+/// state. Due: queued and past its next attempt; or claimed without a SID whose lease expired (its instance
+/// died between the claim and recording the outcome).
 const DUE: &str = "((status = 'queued' AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1)) \
     OR (status = 'sending' AND twilio_sid IS NULL AND lease_until < $1))";
 

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::audit::{self, Entry, Outcome, Zone};
 use crate::db::sms::{self, Claimed};
@@ -65,10 +66,14 @@ pub async fn run_once(state: &AppState, now: i64) -> anyhow::Result<DispatchRepo
         let state = state.clone();
         let owner = owner.clone();
         let permits = permits.clone();
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
-            dispatch_one(&state, m, &owner, now).await
-        });
+        let span = tracing::info_span!("sms_dispatch", message_id = %m.id, attempt = m.attempts, kind = %m.kind);
+        tasks.spawn(
+            async move {
+                let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
+                dispatch_one(&state, m, &owner, now).await
+            }
+            .instrument(span),
+        );
     }
     while let Some(done) = tasks.join_next().await {
         match done {

@@ -97,10 +97,6 @@ struct TwilioMessage {
     sid: Option<String>,
 }
 
-/// Twilio error codes that will never succeed for this message (invalid/unreachable number, unsubscribed,
-/// region not enabled, …). Unknown 4xx codes are permanent too; these are listed for the log line.
-pub const PERMANENT_CODES: &[&str] = &["21211", "21408", "21610", "21612", "21614", "21617", "21635", "30003"];
-
 impl TwilioClient {
     pub fn new(
         api_base: &str,
@@ -206,6 +202,8 @@ impl TwilioClient {
                 retry_after_ms,
             }
         } else {
+            // Any other 4xx is about this message (21211 invalid number, 21408 region not enabled, 21610
+            // unsubscribed, 21614 not a mobile, …): retrying cannot help.
             SendOutcome::Permanent { code: code.unwrap_or_else(|| format!("http_{}", status.as_u16())), message }
         }
     }
