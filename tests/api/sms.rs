@@ -578,6 +578,27 @@ sms_tests! {
         assert_eq!(app.count("sms_status_events").await, 0);
     }
 
+    async fn the_signature_covers_app_url_with_its_port_and_the_query_string(app, fake, twilio = true, vars = &[("APP_URL", "https://c-secur360.example:8443")]) {
+        let t = test_sms(&app, "514 873 2015", "Test").await;
+        run(&app, T0).await;
+        assert_eq!(fake.requests()[0].field("StatusCallback"), Some("https://c-secur360.example:8443/api/sms/status"));
+        let sid = format!("SM{:032x}", 1);
+        let params = form(&[("MessageSid", &sid), ("MessageStatus", "delivered"), ("Body", "Arrêt d'urgence — zone B ✅")]);
+        let url = "https://c-secur360.example:8443/api/sms/status?src=twilio&n=%C3%A9";
+        let sig = python_twilio_signature(url, &params, fake_twilio::AUTH_TOKEN_SECONDARY);
+        // Signed for another query string: refused.
+        let other = python_twilio_signature("https://c-secur360.example:8443/api/sms/status?src=other", &params, fake_twilio::AUTH_TOKEN);
+        let post = |sig: String| {
+            let rb = app.client.post(app.url("/api/sms/status?src=twilio&n=%C3%A9")).form(&params).header("X-Twilio-Signature", sig);
+            async move { read(rb.send().await.unwrap()).await }
+        };
+        let (s, b) = post(other).await;
+        assert_eq!((s, error_code(&b)), (StatusCode::FORBIDDEN, "invalid_signature"));
+        assert_eq!(app.count("sms_status_events").await, 0);
+        assert_eq!(post(sig).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(message_status(&app, t["message_id"].as_str().unwrap()).await, "delivered");
+    }
+
     async fn a_callback_signed_by_the_official_python_sdk_is_accepted(app, fake, twilio = true, vars = &[]) {
         let t = test_sms(&app, "514 873 2015", "Test").await;
         run(&app, T0).await;
