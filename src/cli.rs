@@ -76,6 +76,22 @@ enum BillingCommand {
 
 #[derive(Debug, Subcommand)]
 enum SmsCommand {
+    /// Send a test SMS (the runbook's procedure): queue it, then run one dispatch pass.
+    Send {
+        /// Recipient; national numbers are read as Canadian.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        body: String,
+        /// Repeat-safe key: the same key and message answer as the first time without sending again.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Only queue it (a running `serve` sends it).
+        #[arg(long)]
+        queue_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the retention cleanup now (the weekly job); exits non-zero unless every step succeeded.
     Cleanup {
         #[arg(long)]
@@ -197,7 +213,7 @@ async fn open_state(settings: Settings) -> anyhow::Result<AppState> {
     if db.backend() == crate::db::Backend::Sqlite {
         db.migrate().await?;
     }
-    Ok(AppState::new(settings, db, Clock::system()))
+    AppState::new(settings, db, Clock::system())
 }
 
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
@@ -339,6 +355,34 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Sms(SmsCommand::Cleanup { json }) => {
             let state = open_state(settings).await?;
             return run_job(&state, crate::jobs::Job::SmsCleanup, json).await;
+        }
+        Command::Sms(SmsCommand::Send { to, body, idempotency_key, queue_only, json }) => {
+            let state = open_state(settings).await?;
+            let request = serde_json::json!({ "to": to, "body": body });
+            let mut answer = crate::sms::alerts::send_test(&state, request, idempotency_key.as_deref(), &cli_actor)
+                .await
+                .map_err(api)?;
+            if !queue_only && answer["status"] == "queued" {
+                let report = crate::sms::dispatcher::run_once(&state, state.now()).await?;
+                let id = answer["message_id"].as_str().unwrap_or_default().to_owned();
+                let status = crate::db::sms::message_status(&state.db, &id).await?;
+                answer["dispatch"] = serde_json::json!({ "report": report, "message_status": status });
+            }
+            print(json, &answer, || {
+                let mut line = format!(
+                    "SMS {} to {}: {} ({} segment(s), {}) via the {} provider",
+                    answer["message_id"].as_str().unwrap_or("-"),
+                    answer["to_masked"].as_str().unwrap_or("-"),
+                    answer["dispatch"]["message_status"].as_str().or(answer["status"].as_str()).unwrap_or("-"),
+                    answer["segments"],
+                    answer["encoding"].as_str().unwrap_or("-"),
+                    answer["provider"].as_str().unwrap_or("-"),
+                );
+                if answer["provider"] == "simulated" {
+                    line.push_str("\nSIMULATED: Twilio is not configured, nothing was sent to a phone");
+                }
+                line
+            });
         }
         Command::Audit(AuditCommand::Verify { json }) => {
             let state = open_state(settings).await?;

@@ -76,6 +76,25 @@ pub struct TwilioSettings {
     pub api_base: Url,
 }
 
+/// SMS queue and limits.
+#[derive(Debug, Clone)]
+pub struct SmsSettings {
+    /// Largest body accepted, in SMS segments.
+    pub max_segments: u32,
+    /// Messages a tenant may queue per minute (counted in the database, so across instances).
+    pub rate_per_minute: u32,
+    /// Recipients per alert.
+    pub max_recipients: u32,
+    /// Provider calls in flight per dispatcher.
+    pub dispatch_concurrency: u32,
+    /// Messages claimed per second by a dispatcher.
+    pub dispatch_rate_per_second: u32,
+    /// Provider attempts before a message is `failed`.
+    pub max_attempts: u32,
+    /// Timeout of one provider call, in milliseconds.
+    pub provider_timeout_ms: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub app_url: Url,
@@ -86,6 +105,7 @@ pub struct Settings {
     pub cron_secret: Option<Secret>,
     pub stripe: StripeSettings,
     pub twilio: TwilioSettings,
+    pub sms: SmsSettings,
     pub owner_mobile: Option<Phone>,
     pub public_contact_number: Option<Phone>,
     /// `None` when the variable is set to an empty string (schedule disabled).
@@ -177,6 +197,33 @@ pub const VARIABLES: &[VarDoc] = &[
         meaning: "sender number (E.164) when no messaging service is set",
     },
     VarDoc { name: "TWILIO_API_BASE", secret: false, meaning: "Twilio API base URL (default https://api.twilio.com)" },
+    VarDoc { name: "SMS_MAX_SEGMENTS", secret: false, meaning: "largest SMS body accepted, in segments (default 4)" },
+    VarDoc {
+        name: "SMS_RATE_PER_MINUTE",
+        secret: false,
+        meaning: "SMS a tenant may queue per minute, across instances (default 600)",
+    },
+    VarDoc { name: "SMS_MAX_RECIPIENTS", secret: false, meaning: "recipients per alert (default 2000)" },
+    VarDoc {
+        name: "SMS_DISPATCH_CONCURRENCY",
+        secret: false,
+        meaning: "Twilio calls in flight per instance (default 8)",
+    },
+    VarDoc {
+        name: "SMS_DISPATCH_RATE_PER_SECOND",
+        secret: false,
+        meaning: "SMS sent per second per instance (default 20)",
+    },
+    VarDoc {
+        name: "SMS_MAX_ATTEMPTS",
+        secret: false,
+        meaning: "provider attempts before an SMS is marked failed (default 6)",
+    },
+    VarDoc {
+        name: "SMS_PROVIDER_TIMEOUT_MS",
+        secret: false,
+        meaning: "timeout of one Twilio call in milliseconds (default 10000)",
+    },
     VarDoc { name: "OWNER_MOBILE", secret: false, meaning: "where inbound calls and non-keyword SMS are forwarded" },
     VarDoc { name: "PUBLIC_CONTACT_NUMBER", secret: false, meaning: "public number quoted in SMS replies" },
     VarDoc {
@@ -419,6 +466,31 @@ impl Settings {
             r.problem("Twilio needs a sender: set TWILIO_MESSAGING_SERVICE_SID or TWILIO_PHONE_NUMBER".into());
         }
 
+        let sms = SmsSettings {
+            max_segments: r.parse("SMS_MAX_SEGMENTS", 4u32, "a whole number of segments"),
+            rate_per_minute: r.parse("SMS_RATE_PER_MINUTE", 600u32, "a whole number of messages"),
+            max_recipients: r.parse("SMS_MAX_RECIPIENTS", 2000u32, "a whole number of recipients"),
+            dispatch_concurrency: r.parse("SMS_DISPATCH_CONCURRENCY", 8u32, "a whole number"),
+            dispatch_rate_per_second: r.parse("SMS_DISPATCH_RATE_PER_SECOND", 20u32, "a whole number"),
+            max_attempts: r.parse("SMS_MAX_ATTEMPTS", 6u32, "a whole number of attempts"),
+            provider_timeout_ms: r.parse("SMS_PROVIDER_TIMEOUT_MS", 10_000u64, "a whole number of milliseconds"),
+        };
+        for (name, v) in [
+            ("SMS_MAX_SEGMENTS", sms.max_segments),
+            ("SMS_RATE_PER_MINUTE", sms.rate_per_minute),
+            ("SMS_MAX_RECIPIENTS", sms.max_recipients),
+            ("SMS_DISPATCH_CONCURRENCY", sms.dispatch_concurrency),
+            ("SMS_DISPATCH_RATE_PER_SECOND", sms.dispatch_rate_per_second),
+            ("SMS_MAX_ATTEMPTS", sms.max_attempts),
+        ] {
+            if v == 0 {
+                r.problem(format!("{name} must be at least 1"));
+            }
+        }
+        if sms.provider_timeout_ms == 0 {
+            r.problem("SMS_PROVIDER_TIMEOUT_MS must be at least 1".into());
+        }
+
         let owner_mobile = r.phone("OWNER_MOBILE");
         let public_contact_number = r.phone("PUBLIC_CONTACT_NUMBER");
         let billing_sync_cron = r.cron("BILLING_SYNC_CRON", DEFAULT_BILLING_SYNC_CRON);
@@ -472,6 +544,7 @@ impl Settings {
             cron_secret,
             stripe,
             twilio,
+            sms,
             owner_mobile,
             public_contact_number,
             billing_sync_cron,
@@ -542,6 +615,13 @@ impl Settings {
             ("TWILIO_MESSAGING_SERVICE_SID", opt(&self.twilio.messaging_service_sid)),
             ("TWILIO_PHONE_NUMBER", opt(&self.twilio.phone_number)),
             ("TWILIO_API_BASE", self.twilio.api_base.to_string()),
+            ("SMS_MAX_SEGMENTS", self.sms.max_segments.to_string()),
+            ("SMS_RATE_PER_MINUTE", self.sms.rate_per_minute.to_string()),
+            ("SMS_MAX_RECIPIENTS", self.sms.max_recipients.to_string()),
+            ("SMS_DISPATCH_CONCURRENCY", self.sms.dispatch_concurrency.to_string()),
+            ("SMS_DISPATCH_RATE_PER_SECOND", self.sms.dispatch_rate_per_second.to_string()),
+            ("SMS_MAX_ATTEMPTS", self.sms.max_attempts.to_string()),
+            ("SMS_PROVIDER_TIMEOUT_MS", self.sms.provider_timeout_ms.to_string()),
             ("OWNER_MOBILE", opt(&self.owner_mobile)),
             ("PUBLIC_CONTACT_NUMBER", opt(&self.public_contact_number)),
             ("BILLING_SYNC_CRON", self.billing_sync_cron.clone().unwrap_or_else(|| "disabled".into())),
@@ -601,6 +681,28 @@ mod tests {
         {
             assert!(text.contains(name), "{name} missing from {text}");
         }
+    }
+
+    #[test]
+    fn sms_limits_have_their_defaults_are_documented_and_zero_is_refused() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        let l = &s.sms;
+        assert_eq!((l.max_segments, l.rate_per_minute, l.max_recipients, l.dispatch_concurrency), (4, 600, 2000, 8));
+        assert_eq!((l.dispatch_rate_per_second, l.max_attempts, l.provider_timeout_ms), (20, 6, 10_000));
+        let shown: Vec<&str> = s.display_rows().into_iter().map(|(k, _)| k).collect();
+        for name in [
+            "SMS_MAX_SEGMENTS",
+            "SMS_RATE_PER_MINUTE",
+            "SMS_MAX_RECIPIENTS",
+            "SMS_DISPATCH_CONCURRENCY",
+            "SMS_DISPATCH_RATE_PER_SECOND",
+            "SMS_MAX_ATTEMPTS",
+            "SMS_PROVIDER_TIMEOUT_MS",
+        ] {
+            assert!(shown.contains(&name) && VARIABLES.iter().any(|v| v.name == name), "{name}");
+        }
+        let err = Settings::from_vars(vars(&[("SMS_MAX_ATTEMPTS", "0"), ("SMS_MAX_SEGMENTS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("SMS_MAX_ATTEMPTS") && err.to_string().contains("SMS_MAX_SEGMENTS"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod jobs;
 pub mod metrics;
 pub mod outbox;
+pub mod sms;
 pub mod startup;
 pub mod state;
 pub mod status;

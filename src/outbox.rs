@@ -1,11 +1,10 @@
 //! Queue an outbound SMS as a durable `sms_messages` row (status `queued`) inside the caller's transaction.
 //! The dispatcher sends it later; nothing is sent while a transaction is open.
 
-use crate::db::Tx;
+use crate::db::{sms, Tx};
 use crate::domain::ids::new_id;
 use crate::domain::phone::Phone;
 use crate::domain::sms_segments::{analyze, Encoding};
-use crate::on_tx;
 
 pub struct Outgoing<'a> {
     pub kind: &'a str,
@@ -24,14 +23,24 @@ pub async fn enqueue(tx: &mut Tx, m: &Outgoing<'_>, now: i64) -> Result<String, 
         Encoding::Gsm7 => "gsm7",
         Encoding::Ucs2 => "ucs2",
     };
-    on_tx!(tx, c => sqlx::query(
-        "INSERT INTO sms_messages (id, tenant_id, worker_id, kind, priority, to_phone, to_phone_masked, body, encoding, \
-         segments, status, attempts, next_attempt_at, created_at, status_updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', 0, $11, $11, $11)"
-    )
-    .bind(&id).bind(m.tenant_id).bind(m.worker_id).bind(m.kind).bind(m.priority).bind(m.to.as_str())
-    .bind(m.to.masked()).bind(m.body).bind(encoding).bind(i64::from(info.segments)).bind(now)
-    .execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    let masked = m.to.masked();
+    let row = sms::NewMessage {
+        id: &id,
+        alert_id: None,
+        tenant_id: m.tenant_id,
+        worker_id: m.worker_id,
+        kind: m.kind,
+        priority: m.priority,
+        to_phone: m.to.as_str(),
+        to_phone_masked: &masked,
+        body: m.body,
+        encoding,
+        segments: i64::from(info.segments),
+        status: "queued",
+        error_code: None,
+        at: now,
+    };
+    sms::insert_message(tx, &row).await?;
     Ok(id)
 }
 

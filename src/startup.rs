@@ -14,7 +14,8 @@ use crate::time::Clock;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    /// Run the scheduler (and later workers) inside this process. `serve` does; tests drive jobs directly.
+    /// Run the background work (scheduler, SMS dispatcher, Stripe retries) in this process. `serve` does;
+    /// tests drive jobs and `run_once` directly.
     background: bool,
 }
 
@@ -48,15 +49,16 @@ impl Application {
         Ok(app)
     }
 
-    /// Build on an existing database handle and clock (tests inject both).
+    /// Build on an existing database handle and clock (tests inject both). The SMS dispatcher loop is off;
+    /// turn it on with [`Application::with_dispatcher`].
     pub async fn build_with(settings: Settings, db: Db, clock: Clock) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", settings.bind_addr))?;
-        Ok(Application { listener, state: AppState::new(settings, db, clock), background: false })
+        Ok(Application { listener, state: AppState::new(settings, db, clock)?, background: false })
     }
 
-    /// Also run the background work (scheduler loop) while serving.
+    /// Also run the background work (scheduler, SMS dispatcher, Stripe retries) while serving.
     pub fn with_background(mut self) -> Self {
         self.background = true;
         self
@@ -81,6 +83,7 @@ impl Application {
         if self.background {
             background.push(tokio::spawn(crate::jobs::schedule::run_loop(self.state.clone(), stop_rx.clone())));
             background.push(tokio::spawn(billing_retry_loop(self.state.clone(), stop_rx.clone())));
+            background.push(tokio::spawn(crate::sms::dispatcher::run_loop(self.state.clone(), stop_rx.clone())));
         }
         tracing::info!(addr = %self.local_addr(), backend = ?self.state.db.backend(), "secur360 listening");
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
@@ -116,25 +119,30 @@ async fn billing_retry_loop(state: AppState, mut stop: tokio::sync::watch::Recei
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The SIGTERM handler is installed when this is called (not when the future is
+/// first polled), so a signal sent as soon as the "listening" line appears is never missed.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        tracing::info!("shutdown signal received; finishing in-flight requests");
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

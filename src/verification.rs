@@ -54,21 +54,14 @@ async fn pending(state: &AppState, tenant_id: &str, worker_id: &str, now: i64) -
     ).bind(tenant_id).bind(worker_id).bind(now).fetch_optional(p).await)
 }
 
-/// Whether the latest consent-ledger entry for this phone is an opt-out (STOP, carrier 21610…).
-pub async fn opted_out(state: &AppState, phone: &str) -> Result<bool, sqlx::Error> {
-    let last: Option<bool> = on_db!(&state.db, p => sqlx::query_scalar(
-        "SELECT new_consent FROM consent_events WHERE phone = $1 AND source IN ('keyword', 'carrier_21610') ORDER BY id DESC LIMIT 1"
-    ).bind(phone).fetch_optional(p).await)?;
-    Ok(last == Some(false))
-}
-
 pub async fn start(state: &AppState, tenant_id: &str, worker_id: &str, actor: &Actor) -> ApiResult<Started> {
     let now = state.now();
     let worker = workers::get(&state.db, tenant_id, worker_id).await?.ok_or_else(|| ApiError::not_found("worker"))?;
     if worker.phone_verified {
         return Err(ApiError::conflict("already_verified", "this worker's phone is already verified"));
     }
-    if opted_out(state, &worker.phone).await? {
+    // Transactional, so the alert consent flag does not apply; the phone owner's STOP does.
+    if crate::db::sms::consent_block(&state.db, "verification", None, None, &worker.phone).await?.is_some() {
         return Err(ApiError::conflict(
             "opted_out",
             "this phone replied STOP (or the carrier reports it unsubscribed); the worker must text START first",

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod api_keys;
 pub mod billing;
 pub mod sites;
+pub mod sms;
 pub mod subscriptions;
 pub mod tenants;
 pub mod workers;

@@ -5,6 +5,7 @@ pub mod ids;
 pub mod keywords;
 pub mod phone;
 pub mod sms_segments;
+pub mod sms_status;
 pub mod stripe_signature;
 pub mod tenant;
 pub mod twilio_signature;

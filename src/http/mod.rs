@@ -6,6 +6,7 @@ pub mod billing;
 pub mod extract;
 pub mod health;
 pub mod jobs;
+pub mod sms;
 pub mod tenant_admin;
 pub mod tenants;
 pub mod twilio;
@@ -67,7 +68,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/billing/portal", post(billing::portal))
         .route("/api/billing/subscription", get(billing::subscription))
         .route("/api/billing/sync", get(jobs::billing_sync).post(jobs::billing_sync))
-        .route("/api/webhooks/stripe", post(billing::stripe_webhook));
+        .route("/api/webhooks/stripe", post(billing::stripe_webhook))
+        .route("/api/sms/alerts", axum::routing::post(sms::create_alert))
+        .route("/api/sms/alerts/{id}", get(sms::get_alert))
+        .route("/api/send-sms", axum::routing::post(sms::send_sms))
+        .route("/api/sms/status", axum::routing::post(sms::status_callback));
 
     let cors = CorsLayer::new()
         // Only the app's own origin, echoed back when it is the caller's (never `*`).

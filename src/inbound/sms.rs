@@ -93,8 +93,8 @@ async fn reply_language(
     })
 }
 
-/// Consent for `phone` in every tenant: one ledger row per worker whose consent changes (or one phone-level row
-/// when no worker has this phone, so later alerts to it are still refused). Returns the number of changes.
+/// Consent for `phone` in every tenant: one ledger row per worker whose consent changes, or one phone-level row
+/// when none changes (so later messages to the number follow it). Returns the number of worker changes.
 async fn apply_consent(
     tx: &mut Tx,
     phone: &Phone,
@@ -106,21 +106,6 @@ async fn apply_consent(
         "SELECT tenant_id, id, sms_consent FROM workers WHERE phone = $1 ORDER BY tenant_id, id"
     ).bind(phone.as_str()).fetch_all(&mut *c).await)?;
     let actor = "sms_keyword";
-    if rows.is_empty() {
-        let ev = ConsentEvent {
-            tenant_id: None,
-            worker_id: None,
-            phone: phone.as_str(),
-            old_consent: None,
-            new_consent: consent,
-            source: "keyword",
-            evidence,
-            actor,
-            at: now,
-        };
-        workers::insert_consent_event(tx, &ev).await?;
-        return Ok(1);
-    }
     let mut changed = 0;
     for (tenant_id, worker_id, old) in rows {
         if old == consent {
@@ -148,6 +133,22 @@ async fn apply_consent(
             }));
         audit::append(tx, &entry, now).await?;
         changed += 1;
+    }
+    if changed == 0 {
+        // No worker's flag changed (unknown number, or already in that state): the decision is still the
+        // phone owner's and is recorded at phone level, so it governs every later message to this number.
+        let ev = ConsentEvent {
+            tenant_id: None,
+            worker_id: None,
+            phone: phone.as_str(),
+            old_consent: None,
+            new_consent: consent,
+            source: "keyword",
+            evidence,
+            actor,
+            at: now,
+        };
+        workers::insert_consent_event(tx, &ev).await?;
     }
     Ok(changed)
 }

@@ -220,7 +220,7 @@ async fn start(
         "INSERT INTO job_runs (id, job, occurrence, trigger, instance, status, started_at, lease_until) \
          VALUES ($1, $2, $3, $4, $5, 'running', $6, $7) ON CONFLICT (job, occurrence) DO NOTHING"
     )
-    .bind(run_id).bind(job.as_str()).bind(occurrence).bind(trigger.as_str()).bind(&state.instance_id)
+    .bind(run_id).bind(job.as_str()).bind(occurrence).bind(trigger.as_str()).bind(&*state.instance_id)
     .bind(now).bind(now + LEASE_MS)
     .execute(&mut *c).await.map(|r| r.rows_affected()))?;
     if inserted == 0 {

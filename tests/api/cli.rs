@@ -120,6 +120,37 @@ fn serve_stops_gracefully_on_sigterm() {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
-    assert!(lines.map_while(Result::ok).any(|l| l.contains("secur360 stopped")));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("secur360 stopped")));
+    // serve runs the SMS dispatcher and lets it finish before exiting.
+    assert!(rest.iter().any(|l| l.contains("SMS dispatcher stopped")), "{rest:?}");
     assert!(std::path::Path::new(&dir.path().join("s.db")).exists());
+}
+
+async fn sms_send(backend: Backend) {
+    let (db, url, _dir) = fresh_database(backend).await;
+    let out = ok(&secur360(&url, &["sms", "send", "--to", "514 873 2015", "--body", "Test secur360", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["provider"].as_str(), v["encoding"].as_str(), v["segments"].as_u64()),
+        (Some("simulated"), Some("gsm7"), Some(1))
+    );
+    assert_eq!(v["dispatch"]["message_status"], "simulated", "{v}");
+    assert_eq!(v["to_masked"], "+1••••••••15");
+    let text = ok(&secur360(&url, &["sms", "send", "--to", "514 873 2016", "--body", "Test"]));
+    assert!(text.contains("SIMULATED") && !text.contains("8732016"), "{text}");
+    let bad = secur360(&url, &["sms", "send", "--to", "nope", "--body", "Test"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("to:"));
+    let n: i64 = secur360::on_db!(&db, p => sqlx::query_scalar("SELECT COUNT(*) FROM sms_messages WHERE status = 'simulated'").fetch_one(p).await).unwrap();
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn sms_send_queues_and_dispatches_a_test_message_through_the_simulated_provider_on_sqlite() {
+    sms_send(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn sms_send_queues_and_dispatches_a_test_message_through_the_simulated_provider_on_postgres() {
+    sms_send(Backend::Postgres).await;
 }

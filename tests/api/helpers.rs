@@ -82,8 +82,9 @@ pub struct TestApp {
     pub backend: Backend,
     pub address: String,
     pub db: Db,
-    /// The running app's state (same database, settings and clock), to drive jobs and workers directly.
+    /// The running app's state (settings, provider, clock): tests drive the SMS dispatcher through it.
     pub state: AppState,
+    pub clock: Clock,
     pub client: reqwest::Client,
     _dir: Option<tempfile::TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
@@ -91,6 +92,13 @@ pub struct TestApp {
 
 /// Spawn with extra environment variables (on top of a loopback bind, the test database and `ADMIN_TOKEN`).
 pub async fn spawn_app_with(backend: Backend, vars: &[(&str, &str)]) -> TestApp {
+    let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    spawn_app_at(backend, &vars, Clock::system()).await
+}
+
+/// Spawn with extra variables and a given clock (`Clock::manual` for tests that move time). The SMS
+/// dispatcher loop does not run: tests call `dispatcher::run_once(&app.state, now)`.
+pub async fn spawn_app_at(backend: Backend, vars: &[(String, String)], clock: Clock) -> TestApp {
     let (db, db_url, dir) = fresh_database(backend).await;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("BIND_ADDR".into(), "127.0.0.1:0".into());
@@ -100,7 +108,7 @@ pub async fn spawn_app_with(backend: Backend, vars: &[(&str, &str)]) -> TestApp 
         env.insert(k.to_string(), v.to_string());
     }
     let settings = Settings::from_vars(env).expect("test settings are valid");
-    let app = Application::build_with(settings, db.clone(), Clock::system()).await.expect("build app");
+    let app = Application::build_with(settings, db.clone(), clock.clone()).await.expect("build app");
     let address = format!("http://{}", app.local_addr());
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -108,7 +116,7 @@ pub async fn spawn_app_with(backend: Backend, vars: &[(&str, &str)]) -> TestApp 
         let _ = rx.await;
     }));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    TestApp { backend, address, db, state, client, _dir: dir, _shutdown: tx }
+    TestApp { backend, address, db, state, clock, client, _dir: dir, _shutdown: tx }
 }
 
 impl TestApp {
@@ -163,7 +171,19 @@ impl TestApp {
     /// Row counts of every table a request could write, to prove that refused requests wrote nothing.
     pub async fn snapshot(&self) -> Vec<(String, i64)> {
         let mut out = Vec::new();
-        for t in ["tenants", "sites", "workers", "api_keys", "consent_events", "system_audit_logs", "subscriptions"] {
+        for t in [
+            "tenants",
+            "sites",
+            "workers",
+            "api_keys",
+            "consent_events",
+            "system_audit_logs",
+            "subscriptions",
+            "sms_alerts",
+            "sms_messages",
+            "sms_status_events",
+            "rate_limits",
+        ] {
             out.push((t.to_owned(), self.count(t).await));
         }
         out

@@ -68,8 +68,8 @@ both_backends! {
         let settings = secur360::config::Settings::from_vars(vars).unwrap();
         // Sunday 2026-11-29 03:00 in Toronto = 08:00 UTC.
         let sunday = chrono::DateTime::parse_from_rfc3339("2026-11-29T08:00:05Z").unwrap().timestamp_millis();
-        let a = AppState::new(settings.clone(), app.db.clone(), Clock::manual(sunday));
-        let b = AppState::new(settings, app.db.clone(), Clock::manual(sunday));
+        let a = AppState::new(settings.clone(), app.db.clone(), Clock::manual(sunday)).unwrap();
+        let b = AppState::new(settings, app.db.clone(), Clock::manual(sunday)).unwrap();
         let (ra, rb) = tokio::join!(schedule::tick(&a, sunday), schedule::tick(&b, sunday));
         assert_eq!(ra.len() + rb.len(), 1, "{ra:?} {rb:?}");
         // Later ticks within the same occurrence's window do nothing; the next day's window has no occurrence.
@@ -113,7 +113,7 @@ both_backends! {
         let mut vars = std::collections::BTreeMap::new();
         vars.insert("ADMIN_TOKEN".to_owned(), "a-rotated-operator-token-0123456789".to_owned());
         vars.insert("CRON_SECRET".to_owned(), "cron-secret-0123456789".to_owned());
-        let changed = AppState::new(secur360::config::Settings::from_vars(vars).unwrap(), app.db.clone(), Clock::system());
+        let changed = AppState::new(secur360::config::Settings::from_vars(vars).unwrap(), app.db.clone(), Clock::system()).unwrap();
         let diff = secur360::env_changes::record(&changed).await.unwrap();
         assert!(diff.changed.contains(&"ADMIN_TOKEN".to_owned()), "{diff:?}");
         assert!(diff.added.contains(&"CRON_SECRET".to_owned()));

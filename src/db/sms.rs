@@ -1,0 +1,449 @@
+//! SMS alerts, the message queue, status callbacks, per-tenant rate windows. Tenant reads are tenant-bound.
+
+use serde::Serialize;
+
+use super::{Backend, Db, Tx};
+use crate::{on_db, on_tx};
+
+// ---------------------------------------------------------------------------------------------------------
+// Alerts
+
+pub struct NewAlert<'a> {
+    pub id: &'a str,
+    pub tenant_id: Option<&'a str>,
+    pub kind: &'a str,
+    pub body: &'a str,
+    pub ast_id: Option<&'a str>,
+    pub recipients_spec: &'a str,
+    pub encoding: &'a str,
+    pub segments: i64,
+    pub status: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: &'a str,
+    pub response: &'a str,
+    pub created_by: &'a str,
+    pub at: i64,
+}
+
+pub async fn insert_alert(tx: &mut Tx, a: &NewAlert<'_>) -> Result<(), sqlx::Error> {
+    on_tx!(tx, c => sqlx::query(
+        "INSERT INTO sms_alerts (id, tenant_id, kind, body, ast_id, recipients_spec, encoding, segments, status, \
+         idempotency_key, request_hash, response, created_by, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)"
+    )
+    .bind(a.id).bind(a.tenant_id).bind(a.kind).bind(a.body).bind(a.ast_id).bind(a.recipients_spec)
+    .bind(a.encoding).bind(a.segments).bind(a.status).bind(a.idempotency_key).bind(a.request_hash)
+    .bind(a.response).bind(a.created_by).bind(a.at)
+    .execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// A previous request with the same `Idempotency-Key` (per tenant; operator keys have no tenant).
+#[derive(Debug, sqlx::FromRow)]
+pub struct IdempotentAlert {
+    pub id: String,
+    pub request_hash: Option<String>,
+    pub response: Option<String>,
+}
+
+pub async fn find_by_idempotency_key(
+    db: &Db,
+    tenant_id: Option<&str>,
+    key: &str,
+) -> Result<Option<IdempotentAlert>, sqlx::Error> {
+    match tenant_id {
+        Some(t) => on_db!(db, p => sqlx::query_as(
+            "SELECT id, request_hash, response FROM sms_alerts WHERE tenant_id = $1 AND idempotency_key = $2"
+        ).bind(t).bind(key).fetch_optional(p).await),
+        None => on_db!(db, p => sqlx::query_as(
+            "SELECT id, request_hash, response FROM sms_alerts WHERE tenant_id IS NULL AND idempotency_key = $1"
+        ).bind(key).fetch_optional(p).await),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AlertRow {
+    pub id: String,
+    pub kind: String,
+    pub ast_id: Option<String>,
+    pub encoding: String,
+    pub segments: i64,
+    pub status: String,
+    pub created_by: String,
+    #[serde(serialize_with = "crate::time::ser_ts")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::time::ser_ts")]
+    pub updated_at: i64,
+}
+
+pub async fn get_alert(db: &Db, tenant_id: &str, id: &str) -> Result<Option<AlertRow>, sqlx::Error> {
+    on_db!(db, p => sqlx::query_as(
+        "SELECT id, kind, ast_id, encoding, segments, status, created_by, created_at, updated_at FROM sms_alerts \
+         WHERE tenant_id = $1 AND id = $2"
+    ).bind(tenant_id).bind(id).fetch_optional(p).await)
+}
+
+/// One recipient's message as shown to the tenant admin (no body, masked phone).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MessageView {
+    pub message_id: String,
+    pub worker_id: Option<String>,
+    pub phone_masked: String,
+    pub status: String,
+    pub attempts: i64,
+    pub error_code: Option<String>,
+    pub twilio_sid: Option<String>,
+    #[serde(serialize_with = "crate::time::ser_ts")]
+    pub status_updated_at: i64,
+}
+
+pub async fn alert_messages(db: &Db, alert_id: &str) -> Result<Vec<MessageView>, sqlx::Error> {
+    on_db!(db, p => sqlx::query_as(
+        "SELECT id AS message_id, worker_id, to_phone_masked AS phone_masked, status, attempts, error_code, \
+         twilio_sid, status_updated_at FROM sms_messages WHERE alert_id = $1 ORDER BY created_at, id"
+    ).bind(alert_id).fetch_all(p).await)
+}
+
+/// Recompute and store the aggregate status of an alert from its messages.
+pub async fn refresh_alert_status(tx: &mut Tx, alert_id: &str, now: i64) -> Result<(), sqlx::Error> {
+    use crate::domain::sms_status::{aggregate, MessageStatus};
+    let statuses: Vec<String> = on_tx!(tx, c => sqlx::query_scalar(
+        "SELECT status FROM sms_messages WHERE alert_id = $1"
+    ).bind(alert_id).fetch_all(&mut *c).await)?;
+    let statuses: Vec<MessageStatus> = statuses.iter().filter_map(|s| MessageStatus::parse(s)).collect();
+    let status = aggregate(&statuses);
+    on_tx!(tx, c => sqlx::query(
+        "UPDATE sms_alerts SET status = $2, updated_at = $3 WHERE id = $1 AND status <> $2"
+    ).bind(alert_id).bind(status).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Recipients and consent
+
+/// A worker of the tenant with what decides whether it may receive SMS.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Candidate {
+    pub id: String,
+    pub site_id: Option<String>,
+    pub phone: String,
+    pub sms_consent: bool,
+    /// The latest consent-ledger decision that applies to this phone in this tenant: the tenant's own rows, and
+    /// the phone-wide ones (STOP keywords, carrier 21610). `Some(false)` = opted out.
+    pub ledger_consent: Option<bool>,
+}
+
+/// The ledger rows that bind a phone for a tenant: its own, and the phone-wide opt-outs/opt-ins.
+/// The phone owner's latest own decision (STOP/START keyword, or the carrier's 21610): it overrides the
+/// tenant's consent flag until the owner says otherwise. Administrative changes live in the flag.
+const LEDGER_LATEST: &str = "(SELECT c.new_consent FROM consent_events c WHERE c.phone = w.phone \
+    AND c.source IN ('keyword', 'carrier_21610') ORDER BY c.id DESC LIMIT 1)";
+
+pub async fn candidates(tx: &mut Tx, tenant_id: &str) -> Result<Vec<Candidate>, sqlx::Error> {
+    let sql = format!(
+        "SELECT w.id, w.site_id, w.phone, w.sms_consent, {LEDGER_LATEST} AS ledger_consent FROM workers w \
+         WHERE w.tenant_id = $1 ORDER BY w.created_at, w.id"
+    );
+    on_tx!(tx, c => sqlx::query_as(&sql).bind(tenant_id).fetch_all(&mut *c).await)
+}
+
+pub async fn site_exists(tx: &mut Tx, tenant_id: &str, site_id: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = on_tx!(tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM sites WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id).bind(site_id).fetch_one(&mut *c).await)?;
+    Ok(n > 0)
+}
+
+/// Safety-alert kinds need the worker's consent; the others (test, forward, verification, missed_call) are
+/// transactional messages that only an opt-out (STOP, carrier 21610) blocks.
+pub const ALERT_KINDS: [&str; 5] = ["lock_applied", "lock_removed", "general_alert", "emergency", "work_completion"];
+
+/// Consent of one message's recipient right now: for alerts, the worker's flag and the latest applicable ledger
+/// decision for the phone; for transactional messages, the ledger only. `Ok(None)` = may send;
+/// `Ok(Some(reason))` = must not.
+pub async fn consent_block(
+    db: &Db,
+    kind: &str,
+    tenant_id: Option<&str>,
+    worker_id: Option<&str>,
+    phone: &str,
+) -> Result<Option<&'static str>, sqlx::Error> {
+    let alert = ALERT_KINDS.contains(&kind);
+    if let (true, Some(t), Some(w)) = (alert, tenant_id, worker_id) {
+        let sql = format!("SELECT w.sms_consent, {LEDGER_LATEST} FROM workers w WHERE w.tenant_id = $1 AND w.id = $2");
+        let row: Option<(bool, Option<bool>)> =
+            on_db!(db, p => sqlx::query_as(&sql).bind(t).bind(w).fetch_optional(p).await)?;
+        return Ok(match row {
+            None => Some("worker_removed"),
+            Some((_, Some(false))) => Some("opted_out"),
+            Some((false, _)) => Some("no_consent"),
+            Some(_) => None,
+        });
+    }
+    if alert && tenant_id.is_some() {
+        // A tenant alert whose worker was deleted since it was queued.
+        return Ok(Some("worker_removed"));
+    }
+    let latest: Option<bool> = on_db!(db, p => sqlx::query_scalar(
+        "SELECT new_consent FROM consent_events WHERE phone = $1 AND source IN ('keyword', 'carrier_21610') \
+         ORDER BY id DESC LIMIT 1"
+    ).bind(phone).fetch_optional(p).await)?;
+    Ok((latest == Some(false)).then_some("opted_out"))
+}
+
+/// Workers holding `phone` in any tenant (carrier 21610 withdraws consent for the number everywhere).
+pub async fn workers_with_phone(tx: &mut Tx, phone: &str) -> Result<Vec<(String, String, bool)>, sqlx::Error> {
+    on_tx!(tx, c => sqlx::query_as(
+        "SELECT tenant_id, id, sms_consent FROM workers WHERE phone = $1 ORDER BY tenant_id, id"
+    ).bind(phone).fetch_all(&mut *c).await)
+}
+
+pub async fn withdraw_consent(
+    tx: &mut Tx,
+    tenant_id: &str,
+    worker_id: &str,
+    source: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    on_tx!(tx, c => sqlx::query(
+        "UPDATE workers SET sms_consent = FALSE, sms_consent_at = $3, sms_consent_source = $4, updated_at = $3 \
+         WHERE tenant_id = $1 AND id = $2"
+    ).bind(tenant_id).bind(worker_id).bind(now).bind(source).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rate limit
+
+/// Take `n` messages from the tenant's window starting at `window_start`, if that keeps it within `limit`.
+/// Returns false (and changes nothing) when it would not. The row is shared by every instance.
+pub async fn take_rate(
+    tx: &mut Tx,
+    tenant_id: &str,
+    window_start: i64,
+    n: i64,
+    limit: i64,
+) -> Result<bool, sqlx::Error> {
+    if n > limit {
+        return Ok(false);
+    }
+    let used: Option<i64> = on_tx!(tx, c => sqlx::query_scalar(
+        "INSERT INTO rate_limits (tenant_id, window_start, used) VALUES ($1, $2, $3) \
+         ON CONFLICT (tenant_id, window_start) DO UPDATE SET used = rate_limits.used + excluded.used \
+         WHERE rate_limits.used + excluded.used <= $4 RETURNING used"
+    ).bind(tenant_id).bind(window_start).bind(n).bind(limit).fetch_optional(&mut *c).await)?;
+    Ok(used.is_some())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Messages and the queue
+
+pub struct NewMessage<'a> {
+    pub id: &'a str,
+    pub alert_id: Option<&'a str>,
+    pub tenant_id: Option<&'a str>,
+    pub worker_id: Option<&'a str>,
+    pub kind: &'a str,
+    pub priority: i64,
+    pub to_phone: &'a str,
+    pub to_phone_masked: &'a str,
+    pub body: &'a str,
+    pub encoding: &'a str,
+    pub segments: i64,
+    pub status: &'a str,
+    pub error_code: Option<&'a str>,
+    pub at: i64,
+}
+
+pub async fn insert_message(tx: &mut Tx, m: &NewMessage<'_>) -> Result<(), sqlx::Error> {
+    on_tx!(tx, c => sqlx::query(
+        "INSERT INTO sms_messages (id, alert_id, tenant_id, worker_id, kind, priority, to_phone, to_phone_masked, \
+         body, encoding, segments, status, attempts, next_attempt_at, error_code, created_at, status_updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $13, $13)"
+    )
+    .bind(m.id).bind(m.alert_id).bind(m.tenant_id).bind(m.worker_id).bind(m.kind).bind(m.priority)
+    .bind(m.to_phone).bind(m.to_phone_masked).bind(m.body).bind(m.encoding).bind(m.segments).bind(m.status)
+    .bind(m.at).bind(m.error_code)
+    .execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// A message claimed by a dispatcher: everything the provider call needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: String,
+    pub alert_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub worker_id: Option<String>,
+    pub kind: String,
+    pub priority: i64,
+    pub to_phone: String,
+    pub to_phone_masked: String,
+    pub body: Option<String>,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+}
+
+/// Queue states: `queued` (waiting for `next_attempt_at`) → `sending` with a lease and no SID (claimed, provider
+/// call in progress) → `sending` with a SID (Twilio has it; callbacks take over) or back to `queued` / a final
+/// state. Due: queued and past its next attempt; or claimed without a SID whose lease expired (its instance
+/// died between the claim and recording the outcome).
+const DUE: &str = "((status = 'queued' AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1)) \
+    OR (status = 'sending' AND twilio_sid IS NULL AND lease_until < $1))";
+
+/// Claim up to `limit` due messages (emergency first, then oldest) for `owner` until `lease_until`, and
+/// commit: the provider is called afterwards with no transaction open.
+pub async fn claim(db: &Db, now: i64, lease_until: i64, owner: &str, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    // PostgreSQL: SKIP LOCKED lets concurrent instances claim disjoint rows without waiting on each other.
+    // SQLite: the claim transaction is BEGIN IMMEDIATE, which already serialises writers; no row locks exist.
+    let lock = match tx.backend() {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE sms_messages SET status = 'sending', lease_until = $2, lease_owner = $3, attempts = attempts + 1, \
+         status_updated_at = $1 \
+         WHERE id IN (SELECT id FROM sms_messages WHERE {DUE} \
+           ORDER BY priority DESC, next_attempt_at, created_at LIMIT $4{lock}) \
+         RETURNING id, alert_id, tenant_id, worker_id, kind, priority, to_phone, to_phone_masked, body, attempts, \
+           next_attempt_at, created_at"
+    );
+    let mut rows: Vec<Claimed> = on_tx!(&mut tx, c => sqlx::query_as(&sql)
+        .bind(now).bind(lease_until).bind(owner).bind(limit).fetch_all(&mut *c).await)?;
+    tx.commit().await?;
+    rows.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.next_attempt_at.cmp(&b.next_attempt_at))
+            .then(a.created_at.cmp(&b.created_at))
+    });
+    Ok(rows)
+}
+
+/// Guard of every outcome update: still ours (a newer claim after an expired lease wins).
+const OURS: &str = "id = $1 AND status = 'sending' AND lease_owner = $2 AND attempts = $3";
+
+/// The provider accepted the message: record the SID and hand it to the status callbacks.
+pub async fn record_accepted(tx: &mut Tx, m: &Claimed, owner: &str, sid: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE sms_messages SET twilio_sid = $4, lease_until = NULL, sent_at = $5, status_updated_at = $5, \
+         error_code = NULL, error_message = NULL WHERE {OURS}"
+    );
+    let n = on_tx!(tx, c => sqlx::query(&sql).bind(&m.id).bind(owner).bind(m.attempts).bind(sid).bind(now)
+        .execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
+/// A final outcome decided here (simulated, canceled, failed).
+pub async fn record_final(
+    tx: &mut Tx,
+    m: &Claimed,
+    owner: &str,
+    status: &str,
+    error_code: Option<&str>,
+    error_message: Option<&str>,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE sms_messages SET status = $4, error_code = $5, error_message = $6, lease_until = NULL, \
+         status_updated_at = $7 WHERE {OURS}"
+    );
+    let n = on_tx!(tx, c => sqlx::query(&sql).bind(&m.id).bind(owner).bind(m.attempts).bind(status)
+        .bind(error_code).bind(error_message).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
+/// A transient failure: back to the queue for `next_attempt_at`.
+pub async fn record_retry(
+    tx: &mut Tx,
+    m: &Claimed,
+    owner: &str,
+    next_attempt_at: i64,
+    error_code: &str,
+    error_message: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE sms_messages SET status = 'queued', next_attempt_at = $4, lease_until = NULL, lease_owner = NULL, \
+         error_code = $5, error_message = $6, status_updated_at = $7 WHERE {OURS}"
+    );
+    let n = on_tx!(tx, c => sqlx::query(&sql).bind(&m.id).bind(owner).bind(m.attempts).bind(next_attempt_at)
+        .bind(error_code).bind(error_message).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Status callbacks
+
+pub async fn insert_status_event(
+    tx: &mut Tx,
+    sid: &str,
+    status: &str,
+    error_code: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    on_tx!(tx, c => sqlx::query(
+        "INSERT INTO sms_status_events (twilio_sid, status, error_code, applied, received_at) VALUES ($1, $2, $3, FALSE, $4)"
+    ).bind(sid).bind(status).bind(error_code).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageState {
+    pub id: String,
+    pub alert_id: Option<String>,
+    pub status: String,
+    pub error_code: Option<String>,
+}
+
+/// The message holding `sid`, locked for the update that follows on PostgreSQL.
+pub async fn message_by_sid(tx: &mut Tx, sid: &str) -> Result<Option<MessageState>, sqlx::Error> {
+    let lock = match tx.backend() {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let sql = format!("SELECT id, alert_id, status, error_code FROM sms_messages WHERE twilio_sid = $1{lock}");
+    on_tx!(tx, c => sqlx::query_as(&sql).bind(sid).fetch_optional(&mut *c).await)
+}
+
+pub async fn set_status(
+    tx: &mut Tx,
+    id: &str,
+    status: &str,
+    error_code: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    on_tx!(tx, c => sqlx::query(
+        "UPDATE sms_messages SET status = $2, error_code = COALESCE($3, error_code), status_updated_at = $4 WHERE id = $1"
+    ).bind(id).bind(status).bind(error_code).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Callbacks for `sid` not applied yet, oldest first.
+pub async fn pending_events(tx: &mut Tx, sid: &str) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    on_tx!(tx, c => sqlx::query_as(
+        "SELECT status, error_code FROM sms_status_events WHERE twilio_sid = $1 AND applied = FALSE ORDER BY id"
+    ).bind(sid).fetch_all(&mut *c).await)
+}
+
+pub async fn mark_events_applied(tx: &mut Tx, sid: &str) -> Result<(), sqlx::Error> {
+    on_tx!(tx, c => sqlx::query("UPDATE sms_status_events SET applied = TRUE WHERE twilio_sid = $1 AND applied = FALSE")
+        .bind(sid).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Serialise the two writers of one SID (the dispatcher recording it, a callback for it) on PostgreSQL, so a
+/// callback is either seen by the dispatcher's pending-events read or sees the SID itself. SQLite write
+/// transactions are already serial (`BEGIN IMMEDIATE`).
+pub async fn lock_sid(tx: &mut Tx, sid: &str) -> Result<(), sqlx::Error> {
+    if let Tx::Postgres(t) = tx {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(sid).execute(&mut **t).await?;
+    }
+    Ok(())
+}
+
+/// The stored status of one message (CLI and tests).
+pub async fn message_status(db: &Db, id: &str) -> Result<Option<String>, sqlx::Error> {
+    on_db!(db, p => sqlx::query_scalar("SELECT status FROM sms_messages WHERE id = $1").bind(id).fetch_optional(p).await)
+}

@@ -1,0 +1,103 @@
+//! SMS endpoints: tenant alerts, the operator's test SMS, Twilio's status callbacks.
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::extract::{ApiJson, ReqId};
+use crate::auth::{Operator, TenantAdmin};
+use crate::db::sms;
+use crate::error::{ApiError, ApiResult};
+use crate::sms::{alerts, status};
+use crate::state::AppState;
+use crate::tenancy::Actor;
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be visible ASCII characters")
+        }),
+    }
+}
+
+pub async fn create_alert(
+    State(state): State<AppState>,
+    admin: TenantAdmin,
+    req: ReqId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<impl IntoResponse> {
+    let actor = Actor::new(admin.actor(), req.0);
+    let answer = alerts::create_alert(&state, &admin.tenant_id, body, idempotency_key(&headers)?, &actor).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+pub async fn get_alert(
+    State(state): State<AppState>,
+    admin: TenantAdmin,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let alert = sms::get_alert(&state.db, &admin.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("alert"))?;
+    let messages = sms::alert_messages(&state.db, &alert.id).await?;
+    let mut counts = serde_json::Map::new();
+    for m in &messages {
+        let n = counts.entry(m.status.clone()).or_insert(json!(0));
+        *n = json!(n.as_u64().unwrap_or(0) + 1);
+    }
+    Ok(Json(json!({
+        "alert_id": alert.id,
+        "kind": alert.kind,
+        "ast_id": alert.ast_id,
+        "status": alert.status,
+        "encoding": alert.encoding,
+        "segments": alert.segments,
+        "created_by": alert.created_by,
+        "created_at": crate::time::to_rfc3339(alert.created_at),
+        "updated_at": crate::time::to_rfc3339(alert.updated_at),
+        "counts": counts,
+        "recipients": messages,
+    })))
+}
+
+pub async fn send_sms(
+    State(state): State<AppState>,
+    _: Operator,
+    req: ReqId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<impl IntoResponse> {
+    let actor = Actor::new("operator", req.0);
+    let answer = alerts::send_test(&state, body, idempotency_key(&headers)?, &actor).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// Twilio's delivery-status callback. 403 without effect unless correctly signed.
+pub async fn status_callback(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    let params: Vec<(String, String)> =
+        if is_form { url::form_urlencoded::parse(&body).into_owned().collect() } else { Vec::new() };
+    let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
+    let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    status::verify(&state, pq, &params, signature)?;
+    if !is_form {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Twilio status callbacks are form-encoded (application/x-www-form-urlencoded)",
+        ));
+    }
+    status::apply_callback(&state, &params).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

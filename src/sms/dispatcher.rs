@@ -1,0 +1,318 @@
+//! The SMS dispatcher: claim due messages with a short lease (emergency first), commit, call the provider with
+//! no transaction open and bounded concurrency, then record each outcome in one short transaction.
+//!
+//! `run_once(state, now)` does one pass (at most `SMS_DISPATCH_RATE_PER_SECOND` messages); `run_loop` repeats
+//! it at most once per second in `serve`. Tests call `run_once` with a chosen `now`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::audit::{self, Entry, Outcome, Zone};
+use crate::db::sms::{self, Claimed};
+use crate::db::workers::{self, ConsentEvent};
+use crate::domain::sms_status::{transition, MessageStatus};
+use crate::sms::twilio::SendOutcome;
+use crate::state::AppState;
+
+/// First retry delay; doubled per attempt, capped, with jitter.
+const BACKOFF_BASE_MS: i64 = 30_000;
+const BACKOFF_CAP_MS: i64 = 3_600_000;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct DispatchReport {
+    pub claimed: usize,
+    pub accepted: usize,
+    pub simulated: usize,
+    pub retried: usize,
+    pub failed: usize,
+    pub canceled: usize,
+    /// Outcomes not recorded because the lease was lost (another claim took over) or the store failed.
+    pub lost: usize,
+}
+
+/// Delay before attempt `attempts + 1` after a transient failure: exponential, capped, with full jitter in
+/// the upper half (so retries of one burst spread out); the provider's `Retry-After` (at least 1 s) when given.
+pub fn backoff_ms(attempts: i64, retry_after_ms: Option<i64>) -> i64 {
+    let exp = BACKOFF_BASE_MS.saturating_mul(1i64 << attempts.clamp(1, 20).saturating_sub(1)).min(BACKOFF_CAP_MS);
+    let jittered = rand::thread_rng().gen_range(exp / 2..=exp);
+    retry_after_ms.map_or(jittered, |ra| ra.max(1_000))
+}
+
+fn lease_ms(state: &AppState) -> i64 {
+    // Long enough for the consent check, the provider call (timeout) and recording the outcome.
+    (state.settings.sms.provider_timeout_ms as i64).saturating_mul(2) + 30_000
+}
+
+/// One dispatch pass at `now`.
+pub async fn run_once(state: &AppState, now: i64) -> anyhow::Result<DispatchReport> {
+    let limits = &state.settings.sms;
+    let owner = state.instance_id.to_string();
+    let claimed =
+        sms::claim(&state.db, now, now + lease_ms(state), &owner, i64::from(limits.dispatch_rate_per_second)).await?;
+    let mut report = DispatchReport { claimed: claimed.len(), ..Default::default() };
+    if claimed.is_empty() {
+        return Ok(report);
+    }
+    let permits = Arc::new(Semaphore::new(limits.dispatch_concurrency as usize));
+    let mut tasks = JoinSet::new();
+    for m in claimed {
+        let state = state.clone();
+        let owner = owner.clone();
+        let permits = permits.clone();
+        let span = tracing::info_span!("sms_dispatch", message_id = %m.id, attempt = m.attempts, kind = %m.kind);
+        tasks.spawn(
+            async move {
+                let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
+                dispatch_one(&state, m, &owner, now).await
+            }
+            .instrument(span),
+        );
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(Some(kind))) => match kind {
+                Recorded::Accepted => report.accepted += 1,
+                Recorded::Simulated => report.simulated += 1,
+                Recorded::Retried => report.retried += 1,
+                Recorded::Failed => report.failed += 1,
+                Recorded::Canceled => report.canceled += 1,
+            },
+            Ok(Ok(None)) => report.lost += 1,
+            Ok(Err(e)) => {
+                // The lease expires and the message is claimed again: nothing is lost.
+                tracing::error!(error = format!("{e:#}"), "recording an SMS outcome failed");
+                report.lost += 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "an SMS dispatch task panicked");
+                report.lost += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+enum Recorded {
+    Accepted,
+    Simulated,
+    Retried,
+    Failed,
+    Canceled,
+}
+
+async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> anyhow::Result<Option<Recorded>> {
+    // Consent may have been withdrawn (STOP, admin) since the message was queued.
+    if let Some(reason) =
+        sms::consent_block(&state.db, &m.kind, m.tenant_id.as_deref(), m.worker_id.as_deref(), &m.to_phone).await?
+    {
+        let mut tx = state.db.begin().await?;
+        if !sms::record_final(&mut tx, &m, owner, "canceled", Some(reason), None, now).await? {
+            return Ok(None);
+        }
+        finish(&mut tx, state, &m, "canceled", None, Some(reason), now).await?;
+        tx.commit().await?;
+        return Ok(Some(Recorded::Canceled));
+    }
+
+    let body = m.body.clone().unwrap_or_default();
+    let outcome = state.sms.send(&m.to_phone, &body).await;
+
+    let mut tx = state.db.begin().await?;
+    let recorded = match &outcome {
+        SendOutcome::Accepted { sid } => {
+            sms::lock_sid(&mut tx, sid).await?;
+            if !sms::record_accepted(&mut tx, &m, owner, sid, now).await? {
+                return Ok(None);
+            }
+            // Callbacks that arrived before we knew the SID.
+            apply_pending(&mut tx, &m.id, sid, now).await?;
+            finish(&mut tx, state, &m, "sending", Some(sid), None, now).await?;
+            Recorded::Accepted
+        }
+        SendOutcome::Simulated => {
+            if !sms::record_final(&mut tx, &m, owner, "simulated", None, None, now).await? {
+                return Ok(None);
+            }
+            finish(&mut tx, state, &m, "simulated", None, None, now).await?;
+            Recorded::Simulated
+        }
+        SendOutcome::Transient { code, message, retry_after_ms } => {
+            if m.attempts >= i64::from(state.settings.sms.max_attempts) {
+                if !sms::record_final(&mut tx, &m, owner, "failed", Some(code), Some(message), now).await? {
+                    return Ok(None);
+                }
+                finish(&mut tx, state, &m, "failed", None, Some(code), now).await?;
+                Recorded::Failed
+            } else {
+                let next = now + backoff_ms(m.attempts, *retry_after_ms);
+                if !sms::record_retry(&mut tx, &m, owner, next, code, message, now).await? {
+                    return Ok(None);
+                }
+                tracing::warn!(message_id = %m.id, attempt = m.attempts, code, "SMS send failed; will retry");
+                Recorded::Retried
+            }
+        }
+        SendOutcome::Permanent { code, message } => {
+            if !sms::record_final(&mut tx, &m, owner, "failed", Some(code), Some(message), now).await? {
+                return Ok(None);
+            }
+            if code == "21610" {
+                record_carrier_opt_out(&mut tx, &m, now).await?;
+            }
+            finish(&mut tx, state, &m, "failed", None, Some(code), now).await?;
+            Recorded::Failed
+        }
+    };
+    tx.commit().await?;
+    Ok(Some(recorded))
+}
+
+/// Apply the callbacks stored for `sid` before the dispatcher recorded it.
+async fn apply_pending(tx: &mut crate::db::Tx, message_id: &str, sid: &str, now: i64) -> anyhow::Result<()> {
+    let mut status = MessageStatus::Sending;
+    let mut error_code = None;
+    for (raw, code) in sms::pending_events(tx, sid).await? {
+        if let Some(next) = MessageStatus::from_twilio(&raw).and_then(|s| transition(status, s)) {
+            status = next;
+            error_code = code.or(error_code);
+        }
+    }
+    if status != MessageStatus::Sending {
+        sms::set_status(tx, message_id, status.as_str(), error_code.as_deref(), now).await?;
+    }
+    sms::mark_events_applied(tx, sid).await?;
+    Ok(())
+}
+
+/// The alert aggregate and the audit row of a recorded outcome.
+async fn finish(
+    tx: &mut crate::db::Tx,
+    state: &AppState,
+    m: &Claimed,
+    status: &str,
+    sid: Option<&str>,
+    error_code: Option<&str>,
+    now: i64,
+) -> anyhow::Result<()> {
+    if let Some(alert) = &m.alert_id {
+        sms::refresh_alert_status(tx, alert, now).await?;
+    }
+    let outcome = match status {
+        "failed" => Outcome::Failure,
+        "sending" => Outcome::Success,
+        _ => Outcome::Info,
+    };
+    let mut entry = Entry::new(Zone::Twilio, "send_sms", format!("dispatcher:{}", state.instance_id))
+        .subject(&m.id)
+        .outcome(outcome)
+        .details(json!({
+            "kind": m.kind, "to": m.to_phone_masked, "status": status, "attempt": m.attempts,
+            "twilio_sid": sid, "error_code": error_code, "provider": state.sms.name(),
+        }));
+    if let Some(t) = &m.tenant_id {
+        entry = entry.tenant(t);
+    }
+    audit::append(tx, &entry, now).await?;
+    Ok(())
+}
+
+/// Twilio 21610: the recipient replied STOP to our sender. Withdraw consent for that phone everywhere and
+/// write it to the consent ledger.
+async fn record_carrier_opt_out(tx: &mut crate::db::Tx, m: &Claimed, now: i64) -> anyhow::Result<()> {
+    let evidence = format!("Twilio error 21610 on message {}", m.id);
+    let holders = sms::workers_with_phone(tx, &m.to_phone).await?;
+    for (tenant_id, worker_id, consent) in &holders {
+        if *consent {
+            sms::withdraw_consent(tx, tenant_id, worker_id, "carrier_21610", now).await?;
+        }
+        let event = ConsentEvent {
+            tenant_id: Some(tenant_id),
+            worker_id: Some(worker_id),
+            phone: &m.to_phone,
+            old_consent: Some(*consent),
+            new_consent: false,
+            source: "carrier_21610",
+            evidence: &evidence,
+            actor: "twilio",
+            at: now,
+        };
+        workers::insert_consent_event(tx, &event).await?;
+    }
+    if holders.is_empty() {
+        let event = ConsentEvent {
+            tenant_id: m.tenant_id.as_deref(),
+            worker_id: None,
+            phone: &m.to_phone,
+            old_consent: None,
+            new_consent: false,
+            source: "carrier_21610",
+            evidence: &evidence,
+            actor: "twilio",
+            at: now,
+        };
+        workers::insert_consent_event(tx, &event).await?;
+    }
+    tracing::info!(message_id = %m.id, to = %m.to_phone_masked, "carrier 21610: consent withdrawn for the phone");
+    Ok(())
+}
+
+/// The background dispatcher of `serve`: a pass at most once per second (the configured rate), until `stop`.
+pub async fn run_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    tracing::info!(provider = state.sms.name(), "SMS dispatcher started");
+    loop {
+        let started = tokio::time::Instant::now();
+        let full = match run_once(&state, state.now()).await {
+            Ok(r) => {
+                if r.claimed > 0 {
+                    tracing::info!(?r, "SMS dispatch pass");
+                }
+                r.claimed >= state.settings.sms.dispatch_rate_per_second as usize
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "SMS dispatch pass failed");
+                false
+            }
+        };
+        // A full batch: the next one a second after this one started (the rate); otherwise poll every second.
+        let wait = if full { Duration::from_secs(1).saturating_sub(started.elapsed()) } else { Duration::from_secs(1) };
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    tracing::info!("SMS dispatcher stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_attempt_within_jitter_and_is_capped() {
+        for attempt in 1..=12 {
+            let exp = (BACKOFF_BASE_MS << (attempt - 1)).min(BACKOFF_CAP_MS);
+            for _ in 0..50 {
+                let d = backoff_ms(attempt, None);
+                assert!((exp / 2..=exp).contains(&d), "attempt {attempt}: {d}");
+            }
+        }
+        assert!(backoff_ms(60, None) <= BACKOFF_CAP_MS);
+    }
+
+    #[test]
+    fn a_retry_after_from_the_provider_is_honoured() {
+        assert_eq!(backoff_ms(1, Some(600_000)), 600_000);
+        assert_eq!(backoff_ms(3, Some(2_000)), 2_000);
+        assert_eq!(backoff_ms(3, Some(0)), 1_000);
+    }
+}
