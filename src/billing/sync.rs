@@ -243,3 +243,69 @@ async fn reconcile(state: &AppState, client: &StripeClient, now: i64, report: &m
         }
     }
 }
+
+/// Resync one tenant (the admin page's « Resynchroniser un client »): re-fetch its customer, all its
+/// subscriptions and its invoices from Stripe and repair the mirror. Recorded like the full sync.
+pub async fn resync_tenant(state: &AppState, tenant_id: &str, now: i64) -> SyncReport {
+    let mut report = SyncReport::default();
+    let customer = match store::customer_for_tenant(&state.db, tenant_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            report.errors.push(format!("tenant {tenant_id} has no Stripe customer yet; nothing to resync"));
+            return report;
+        }
+        Err(e) => {
+            report.errors.push(format!("reading the tenant's customer: {e}"));
+            return report;
+        }
+    };
+    let client = match StripeClient::from_settings(&state.settings) {
+        Ok(c) => c,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return report;
+        }
+    };
+    let id = customer.stripe_customer_id;
+    match client.retrieve_customer(&id).await {
+        Err(e) => report.errors.push(format!("retrieving customer {id}: {e}")),
+        Ok(obj) => {
+            report.customers_seen = 1;
+            report.corrected +=
+                pass(&mut report, "customer", std::slice::from_ref(&obj), |o| sync_customer(state, o, now)).await;
+        }
+    }
+    let by_customer = [("customer".to_owned(), id.clone())];
+    let subs = [by_customer[0].clone(), ("status".to_owned(), "all".to_owned())];
+    match client.list_all("/v1/subscriptions", &subs).await {
+        Err(e) => report.errors.push(format!("listing subscriptions of {id}: {e}")),
+        Ok(list) => {
+            report.subscriptions_seen = list.len() as u64;
+            report.corrected += pass(&mut report, "subscription", &list, |o| sync_subscription(state, o, now)).await;
+        }
+    }
+    match client.list_all("/v1/invoices", &by_customer).await {
+        Err(e) => report.errors.push(format!("listing invoices of {id}: {e}")),
+        Ok(list) => {
+            report.invoices_seen = list.len() as u64;
+            report.corrected += pass(&mut report, "invoice", &list, |o| sync_invoice(state, o, now)).await;
+        }
+    }
+    report.ok = report.errors.is_empty();
+    let entry = Entry::new(Zone::Billing, "sync", "admin")
+        .tenant(tenant_id)
+        .subject(&id)
+        .outcome(if report.ok { Outcome::Success } else { Outcome::Failure })
+        .details(json!({
+            "scope": "tenant",
+            "subscriptions_seen": report.subscriptions_seen,
+            "invoices_seen": report.invoices_seen,
+            "corrected": report.corrected,
+            "errors": report.errors.len(),
+        }));
+    if let Err(e) = audit::record(&state.db, &entry, now).await {
+        report.errors.push(format!("recording the resync in the audit log: {e}"));
+        report.ok = false;
+    }
+    report
+}

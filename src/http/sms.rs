@@ -1,13 +1,13 @@
 //! SMS endpoints: tenant alerts, the operator's test SMS, Twilio's status callbacks.
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::extract::{ApiJson, ReqId};
+use super::twilio_webhook::TwilioForm;
 use crate::auth::{Operator, TenantAdmin};
 use crate::db::sms;
 use crate::error::{ApiError, ApiResult};
@@ -76,28 +76,7 @@ pub async fn send_sms(
 }
 
 /// Twilio's delivery-status callback. 403 without effect unless correctly signed.
-pub async fn status_callback(
-    State(state): State<AppState>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<impl IntoResponse> {
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
-    let params: Vec<(String, String)> =
-        if is_form { url::form_urlencoded::parse(&body).into_owned().collect() } else { Vec::new() };
-    let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
-    let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    status::verify(&state, pq, &params, signature)?;
-    if !is_form {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Twilio status callbacks are form-encoded (application/x-www-form-urlencoded)",
-        ));
-    }
-    status::apply_callback(&state, &params).await?;
+pub async fn status_callback(State(state): State<AppState>, form: TwilioForm) -> ApiResult<impl IntoResponse> {
+    status::apply_callback(&state, &form.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::domain::twilio_signature;
+use crate::domain::twilio_signature::{self, TwilioSignatureError};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -26,32 +26,59 @@ impl TwilioForm {
     }
 }
 
-fn forbidden(message: impl Into<String>) -> ApiError {
+fn forbidden(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", message)
+}
+
+/// Verify a Twilio signature for `path_and_query` of this service with the primary or secondary token.
+pub fn verify(
+    state: &AppState,
+    path_and_query: &str,
+    params: &[(String, String)],
+    signature: &str,
+) -> Result<(), ApiError> {
+    let tw = &state.settings.twilio;
+    let tokens: Vec<&str> =
+        [&tw.auth_token, &tw.auth_token_secondary].into_iter().flatten().map(|t| t.expose()).collect();
+    let url = state.settings.absolute_url(path_and_query);
+    twilio_signature::verify(&url, params, signature, &tokens).map_err(|e| match e {
+        TwilioSignatureError::NoTokenConfigured => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "twilio_not_configured",
+            "TWILIO_AUTH_TOKEN is not configured, so no Twilio webhook can be verified; every one is refused",
+        ),
+        TwilioSignatureError::MissingSignature => {
+            forbidden("the X-Twilio-Signature header is missing; only Twilio may call this endpoint")
+        }
+        TwilioSignatureError::Mismatch => {
+            forbidden("the X-Twilio-Signature header does not match this request (check APP_URL and the auth token)")
+        }
+    })
 }
 
 impl FromRequest<AppState> for TwilioForm {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let tw = &state.settings.twilio;
-        let tokens: Vec<&str> =
-            [&tw.auth_token, &tw.auth_token_secondary].into_iter().flatten().map(|t| t.expose()).collect();
-        if tokens.is_empty() {
-            return Err(forbidden("Twilio webhooks are refused: TWILIO_AUTH_TOKEN is not configured"));
-        }
         let signature =
             req.headers().get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let is_form = req
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+            .is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
-        let url = state.settings.absolute_url(&path_and_query);
         let body = axum::body::Bytes::from_request(req, state).await.map_err(|_| {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
         })?;
+        let params: Vec<(String, String)> = if is_form {
+            serde_urlencoded::from_bytes(&body)
+                .map_err(|_| ApiError::bad_request("malformed_form", "the body is not a valid form encoding"))?
+        } else {
+            Vec::new()
+        };
+        // The signature first: an unsigned request learns nothing else about the endpoint.
+        verify(state, &path_and_query, &params, &signature)?;
         if !is_form {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -59,9 +86,6 @@ impl FromRequest<AppState> for TwilioForm {
                 "Twilio webhooks are form-encoded (application/x-www-form-urlencoded)",
             ));
         }
-        let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-            .map_err(|_| ApiError::bad_request("malformed_form", "the body is not a valid form encoding"))?;
-        twilio_signature::verify(&url, &params, &signature, &tokens).map_err(|e| forbidden(e.to_string()))?;
         Ok(TwilioForm(params))
     }
 }

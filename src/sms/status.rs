@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 
 use crate::db::sms;
 use crate::domain::sms_status::{transition, MessageStatus};
-use crate::domain::twilio_signature::{self, TwilioSignatureError};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -24,34 +23,6 @@ pub enum Applied {
 
 pub fn forbidden(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", message)
-}
-
-/// Verify a Twilio webhook: `path_and_query` as received, the decoded form fields, the signature header.
-/// Fails closed when no auth token is configured.
-pub fn verify(
-    state: &AppState,
-    path_and_query: &str,
-    params: &[(String, String)],
-    signature: Option<&str>,
-) -> ApiResult<()> {
-    let tw = &state.settings.twilio;
-    let tokens: Vec<&str> =
-        [tw.auth_token.as_ref(), tw.auth_token_secondary.as_ref()].into_iter().flatten().map(|t| t.expose()).collect();
-    let url = state.settings.absolute_url(path_and_query);
-    match twilio_signature::verify(&url, params, signature.unwrap_or(""), &tokens) {
-        Ok(()) => Ok(()),
-        Err(TwilioSignatureError::NoTokenConfigured) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "twilio_not_configured",
-            "TWILIO_AUTH_TOKEN is not configured, so no Twilio webhook can be verified; every one is refused",
-        )),
-        Err(TwilioSignatureError::MissingSignature) => {
-            Err(forbidden("the X-Twilio-Signature header is missing; only Twilio may call this endpoint"))
-        }
-        Err(TwilioSignatureError::Mismatch) => Err(forbidden(
-            "the X-Twilio-Signature header does not match this request (check APP_URL and the auth token)",
-        )),
-    }
 }
 
 fn field<'a>(params: &'a [(String, String)], names: &[&str]) -> Option<&'a str> {
