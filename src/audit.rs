@@ -289,8 +289,9 @@ pub async fn verify(db: &Db) -> Result<VerifyReport, sqlx::Error> {
 /// so the remaining chain still verifies). The only path allowed past the append-only triggers.
 pub async fn purge_before(db: &Db, cutoff: i64) -> Result<u64, sqlx::Error> {
     let mut tx = db.begin().await?;
+    // The newest row always stays, so the chain keeps its head and numbering never restarts.
     let delete = "DELETE FROM system_audit_logs WHERE seq < COALESCE(\
-        (SELECT MIN(seq) FROM system_audit_logs WHERE at >= $1), (SELECT MAX(seq) + 1 FROM system_audit_logs))";
+        (SELECT MIN(seq) FROM system_audit_logs WHERE at >= $1), (SELECT MAX(seq) FROM system_audit_logs))";
     let deleted = match &mut tx {
         Tx::Postgres(t) => {
             sqlx::query("SET LOCAL secur360.audit_purge = 'on'").execute(&mut **t).await?;

@@ -47,10 +47,12 @@ pub async fn record(state: &AppState) -> Result<EnvChanges, sqlx::Error> {
     let key = match previous.remove(KEY_ROW) {
         Some(k) => k,
         None => {
-            let k = random_hex(32);
-            on_tx!(&mut tx, c => sqlx::query("INSERT INTO config_fingerprints (name, fingerprint, updated_at) VALUES ($1, $2, $3)")
-                .bind(KEY_ROW).bind(&k).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-            k
+            // Two instances starting together: the first key wins and both use it.
+            on_tx!(&mut tx, c => sqlx::query(
+                "INSERT INTO config_fingerprints (name, fingerprint, updated_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING"
+            ).bind(KEY_ROW).bind(random_hex(32)).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+            on_tx!(&mut tx, c => sqlx::query_scalar("SELECT fingerprint FROM config_fingerprints WHERE name = $1")
+                .bind(KEY_ROW).fetch_one(&mut *c).await)?
         }
     };
     let current: BTreeMap<String, String> = state

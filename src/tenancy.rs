@@ -479,6 +479,7 @@ pub async fn update_worker(
         w.name = name;
         changed.push("name");
     }
+    let mut phone_changed = false;
     if let Some(p) = &phone {
         if p.as_str() != w.phone {
             // A new number has not been verified.
@@ -486,6 +487,7 @@ pub async fn update_worker(
             w.phone_verified = false;
             w.phone_verified_at = None;
             changed.push("phone");
+            phone_changed = true;
         }
     }
     if let Some(l) = language {
@@ -498,7 +500,14 @@ pub async fn update_worker(
         w.site_id = site.map(str::to_owned);
         changed.push("site_id");
     }
-    let consent_change = input.sms_consent.filter(|c| *c != w.sms_consent);
+    // Consent was given for the old number: a new number needs its own, unless this request gives it.
+    let evidence = if phone_changed && input.sms_consent.is_none() {
+        "phone number changed: consent must be given again for the new number".to_owned()
+    } else {
+        evidence
+    };
+    let consent_change =
+        input.sms_consent.or((phone_changed && w.sms_consent).then_some(false)).filter(|c| *c != w.sms_consent);
     if let Some(c) = consent_change {
         let ev = workers::ConsentEvent {
             tenant_id: Some(tenant_id),

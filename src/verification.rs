@@ -41,7 +41,6 @@ struct Pending {
     id: String,
     phone: String,
     code_hash: String,
-    attempts: i64,
     sends: i64,
     last_sent_at: i64,
     expires_at: i64,
@@ -49,7 +48,7 @@ struct Pending {
 
 async fn pending(state: &AppState, tenant_id: &str, worker_id: &str, now: i64) -> Result<Option<Pending>, sqlx::Error> {
     on_db!(&state.db, p => sqlx::query_as(
-        "SELECT id, phone, code_hash, attempts, sends, last_sent_at, expires_at FROM phone_verifications \
+        "SELECT id, phone, code_hash, sends, last_sent_at, expires_at FROM phone_verifications \
          WHERE tenant_id = $1 AND worker_id = $2 AND verified_at IS NULL AND expires_at > $3 ORDER BY created_at DESC LIMIT 1"
     ).bind(tenant_id).bind(worker_id).bind(now).fetch_optional(p).await)
 }
@@ -161,22 +160,28 @@ pub async fn check(
             "the phone changed since the code was sent; start a new verification",
         ));
     }
-    if p.attempts >= MAX_ATTEMPTS {
-        return Err(ApiError::new(
+    let too_many = || {
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
             format!("{MAX_ATTEMPTS} wrong codes were entered; start a new verification after this code expires"),
-        ));
-    }
+        )
+    };
+    // Every check spends one attempt first, atomically, so parallel guesses cannot exceed the limit.
     let mut tx = state.db.begin().await?;
+    let attempts: Option<i64> = on_tx!(&mut tx, c => sqlx::query_scalar(
+        "UPDATE phone_verifications SET attempts = attempts + 1 \
+         WHERE id = $1 AND attempts < $2 AND verified_at IS NULL AND expires_at > $3 RETURNING attempts"
+    ).bind(&p.id).bind(MAX_ATTEMPTS).bind(now).fetch_optional(&mut *c).await)?;
+    let Some(attempts) = attempts else {
+        return Err(too_many());
+    };
     if !secret_eq(&p.code_hash, &hash(&p.id, code)) {
-        on_tx!(&mut tx, c => sqlx::query("UPDATE phone_verifications SET attempts = attempts + 1 WHERE id = $1")
-            .bind(&p.id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
         tx.commit().await?;
-        let left = MAX_ATTEMPTS - p.attempts - 1;
+        let left = MAX_ATTEMPTS - attempts;
         return Err(ApiError::unprocessable("wrong_code", format!("the code is not correct; {left} attempt(s) left")));
     }
-    on_tx!(&mut tx, c => sqlx::query("UPDATE phone_verifications SET verified_at = $2 WHERE id = $1")
+    on_tx!(&mut tx, c => sqlx::query("UPDATE phone_verifications SET verified_at = $2 WHERE id = $1 AND verified_at IS NULL")
         .bind(&p.id).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
     let mut w =
         workers::get_in_tx(&mut tx, tenant_id, worker_id).await?.ok_or_else(|| ApiError::not_found("worker"))?;

@@ -216,7 +216,15 @@ async fn reconcile(state: &AppState, client: &StripeClient, now: i64, report: &m
         }
     }
     match events::retry_failed(state, now).await {
-        Ok(r) => report.events_retried += r.succeeded,
+        Ok(r) => {
+            report.events_retried += r.succeeded;
+            report.events_failed += r.failed;
+            if r.failed > 0 {
+                report
+                    .errors
+                    .push(format!("{} recovered event(s) failed to apply; see billing_events.last_error", r.failed));
+            }
+        }
         Err(e) => report.errors.push(format!("applying recovered events: {e:#}")),
     }
 

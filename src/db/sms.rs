@@ -97,11 +97,11 @@ pub struct MessageView {
     pub status_updated_at: i64,
 }
 
-pub async fn alert_messages(db: &Db, alert_id: &str) -> Result<Vec<MessageView>, sqlx::Error> {
+pub async fn alert_messages(db: &Db, tenant_id: &str, alert_id: &str) -> Result<Vec<MessageView>, sqlx::Error> {
     on_db!(db, p => sqlx::query_as(
         "SELECT id AS message_id, worker_id, to_phone_masked AS phone_masked, status, attempts, error_code, \
-         twilio_sid, status_updated_at FROM sms_messages WHERE alert_id = $1 ORDER BY created_at, id"
-    ).bind(alert_id).fetch_all(p).await)
+         twilio_sid, status_updated_at FROM sms_messages WHERE tenant_id = $1 AND alert_id = $2 ORDER BY created_at, id"
+    ).bind(tenant_id).bind(alert_id).fetch_all(p).await)
 }
 
 /// Recompute and store the aggregate status of an alert from its messages.

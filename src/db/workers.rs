@@ -55,8 +55,11 @@ pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<Option<WorkerRow>
     on_db!(db, p => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(p).await)
 }
 
+/// Read a worker to change it in this transaction: on PostgreSQL the row is locked (`FOR UPDATE`) so concurrent
+/// read-modify-writes cannot undo each other; SQLite's `BEGIN IMMEDIATE` already serialises writers.
 pub async fn get_in_tx(tx: &mut Tx, tenant_id: &str, id: &str) -> Result<Option<WorkerRow>, sqlx::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM workers WHERE tenant_id = $1 AND id = $2");
+    let lock = if tx.backend() == super::Backend::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {COLUMNS} FROM workers WHERE tenant_id = $1 AND id = $2{lock}");
     on_tx!(tx, c => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(&mut *c).await)
 }
 

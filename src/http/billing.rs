@@ -51,5 +51,12 @@ pub async fn stripe_webhook(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
-    Ok(Json(webhook::receive(&state, signature, &body).await?))
+    let result = webhook::receive(&state, signature, &body).await;
+    crate::metrics::stripe_webhook(match &result {
+        Ok(r) if r.duplicate => "duplicate",
+        Ok(r) => r.status,
+        Err(e) if e.status.is_client_error() => "refused",
+        Err(_) => "failed",
+    });
+    Ok(Json(result?))
 }

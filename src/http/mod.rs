@@ -118,6 +118,13 @@ pub fn router(state: AppState) -> Router {
 
 /// `GET /metrics` (operator token): Prometheus text, pool gauges refreshed at scrape time.
 async fn metrics_text(State(state): State<AppState>, _: Operator) -> Response {
+    // Scrape-time gauge from the shared queue (all instances), when the database answers.
+    let depth: Result<i64, sqlx::Error> = crate::on_db!(&state.db, p => sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sms_messages WHERE status IN ('queued', 'sending')"
+    ).fetch_one(p).await);
+    if let Ok(n) = depth {
+        crate::metrics::queue_depth(n.max(0) as u64);
+    }
     let body = crate::metrics::render(&state.db);
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
         .into_response()

@@ -42,7 +42,7 @@ pub async fn get_alert(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let alert = sms::get_alert(&state.db, &admin.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("alert"))?;
-    let messages = sms::alert_messages(&state.db, &alert.id).await?;
+    let messages = sms::alert_messages(&state.db, &admin.tenant_id, &alert.id).await?;
     let mut counts = serde_json::Map::new();
     for m in &messages {
         let n = counts.entry(m.status.clone()).or_insert(json!(0));

@@ -102,13 +102,16 @@ async fn apply_consent(
     evidence: &str,
     now: i64,
 ) -> Result<u64, sqlx::Error> {
-    let rows: Vec<(String, String, bool)> = on_tx!(tx, c => sqlx::query_as(
-        "SELECT tenant_id, id, sms_consent FROM workers WHERE phone = $1 ORDER BY tenant_id, id"
+    let rows: Vec<(String, String, bool, Option<String>)> = on_tx!(tx, c => sqlx::query_as(
+        "SELECT tenant_id, id, sms_consent, sms_consent_source FROM workers WHERE phone = $1 ORDER BY tenant_id, id"
     ).bind(phone.as_str()).fetch_all(&mut *c).await)?;
     let actor = "sms_keyword";
     let mut changed = 0;
-    for (tenant_id, worker_id, old) in rows {
-        if old == consent {
+    for (tenant_id, worker_id, old, source) in rows {
+        // START restores what STOP (or the carrier) withdrew; it does not grant consent a tenant never had or
+        // withdrew itself (the phone-level row below still lifts the owner's own block).
+        let withdrawn_by_owner = matches!(source.as_deref(), Some("keyword" | "carrier_21610"));
+        if old == consent || (consent && !withdrawn_by_owner) {
             continue;
         }
         on_tx!(tx, c => sqlx::query(

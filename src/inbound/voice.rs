@@ -102,8 +102,17 @@ pub async fn dial_status(state: &AppState, form: &TwilioForm) -> ApiResult<Strin
             let msg =
                 Outgoing { kind: "missed_call", tenant_id: None, worker_id: None, to: owner, body: &text, priority: 5 };
             let msg_id = outbox::enqueue(&mut tx, &msg, now).await?;
-            on_tx!(&mut tx, c => sqlx::query("UPDATE voice_calls SET notified_message_id = $2 WHERE twilio_call_sid = $1")
-                .bind(&sid).bind(&msg_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+            // Guarded: a concurrent retry that got here first wins, and this transaction rolls back its message.
+            let claimed = on_tx!(&mut tx, c => sqlx::query(
+                "UPDATE voice_calls SET notified_message_id = $2 WHERE twilio_call_sid = $1 AND notified_message_id IS NULL"
+            ).bind(&sid).bind(&msg_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+            if claimed == 0 {
+                return Ok(twiml::response(&[
+                    Verb::Say { language: "fr-CA", text: MISSED_FR },
+                    Verb::Say { language: "en-CA", text: MISSED_EN },
+                    Verb::Hangup,
+                ]));
+            }
             notified_now = true;
         }
     }

@@ -63,7 +63,7 @@ pub async fn run(state: &AppState, now: i64) -> JobReport {
             "messages_scrubbed",
             exec(
                 db,
-                "UPDATE sms_messages SET body = NULL, to_phone = to_phone_masked, scrubbed_at = $2 \
+                "UPDATE sms_messages SET body = NULL, to_phone = to_phone_masked, error_message = NULL, scrubbed_at = $2 \
                  WHERE created_at < $1 AND scrubbed_at IS NULL AND status NOT IN ('queued', 'sending')",
                 &[sms_cutoff, now],
             )

@@ -190,6 +190,7 @@ pub async fn run(
         errors: report.errors,
         duration_ms: clock.elapsed().as_millis() as u64,
     };
+    crate::metrics::job_run(job.as_str(), record.status.as_str(), record.duration_ms as f64 / 1000.0);
     finish(state, &record, actor).await?;
     Ok(record)
 }

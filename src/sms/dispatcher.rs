@@ -204,6 +204,7 @@ async fn finish(
     if let Some(alert) = &m.alert_id {
         sms::refresh_alert_status(tx, alert, now).await?;
     }
+    crate::metrics::sms_outcome(&m.kind, status);
     let outcome = match status {
         "failed" => Outcome::Failure,
         "sending" => Outcome::Success,

@@ -92,6 +92,15 @@ both_backends! {
         assert!(audit::verify(&app.db).await.unwrap().ok());
     }
 
+    async fn the_purge_always_keeps_the_newest_row(app) {
+        record_three(&app).await;
+        assert_eq!(audit::purge_before(&app.db, i64::MAX).await.unwrap(), 2);
+        let report = audit::verify(&app.db).await.unwrap();
+        assert_eq!((report.first_seq, report.rows_checked, report.ok()), (Some(3), 1, true));
+        // Numbering continues from the head instead of restarting at 1.
+        assert_eq!(audit::record(&app.db, &Entry::new(Zone::System, "cleanup", "tests"), 5_000).await.unwrap(), 4);
+    }
+
     async fn concurrent_appends_keep_one_unbroken_chain(app) {
         let appends = (0..20).map(|i| {
             let db = app.db.clone();

@@ -79,6 +79,21 @@ both_backends! {
         assert_eq!((s, error_code(&b)), (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"));
     }
 
+    async fn parallel_guesses_cannot_exceed_five_attempts(app) {
+        let key = app.tenant_with_key("acme").await;
+        let id = worker(&app, &key).await;
+        let (_, started) = app.send(Method::POST, &format!("/api/workers/{id}/verification"), Some(&key), None).await;
+        let code = code_sent(&app, started["message_id"].as_str().unwrap()).await;
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        let check = format!("/api/workers/{id}/verification/check");
+        let guesses = (0..12).map(|_| app.send(Method::POST, &check, Some(&key), Some(json!({"code": wrong}))));
+        let results = futures::future::join_all(guesses).await;
+        let counted = results.iter().filter(|(s, _)| *s == StatusCode::UNPROCESSABLE_ENTITY).count();
+        assert_eq!(counted, 5, "{results:?}");
+        let (s, _) = app.send(Method::POST, &check, Some(&key), Some(json!({"code": code}))).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    }
+
     async fn resends_are_throttled_and_expired_codes_refused(app) {
         let key = app.tenant_with_key("acme").await;
         let id = worker(&app, &key).await;

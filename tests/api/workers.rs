@@ -81,6 +81,21 @@ both_backends! {
         assert_eq!((w2["phone"].as_str(), w2["phone_verified"].as_bool(), w2["language"].as_str()), (Some("+14384031234"), Some(false), Some("en")));
     }
 
+    async fn a_new_phone_number_needs_its_own_consent(app) {
+        let key = app.tenant_with_key("acme").await;
+        let (_, w) = app.send(Method::POST, "/api/workers", Some(&key), Some(json!({"name": "Jean", "phone": "514 873 2015", "sms_consent": true}))).await;
+        let path = format!("/api/workers/{}", w["id"].as_str().unwrap());
+        let (_, w2) = app.send(Method::PATCH, &path, Some(&key), Some(json!({"phone": "438 403 1234"}))).await;
+        assert_eq!(w2["sms_consent"], false, "{w2}");
+        let (_, h) = app.send(Method::GET, &format!("{path}/consent"), Some(&key), None).await;
+        let last = h["events"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!((last["new_consent"].as_bool(), last["source"].as_str()), (Some(false), Some("admin_api")));
+        assert!(last["evidence"].as_str().unwrap().contains("phone number changed"));
+        // Consent given in the same request as the new number is kept.
+        let (_, w3) = app.send(Method::PATCH, &path, Some(&key), Some(json!({"phone": "514 873 2015", "sms_consent": true, "consent_evidence": "oral, 2026-11-24"}))).await;
+        assert_eq!(w3["sms_consent"], true);
+    }
+
     async fn a_worker_can_only_be_placed_on_a_site_of_its_own_tenant(app) {
         let a = app.tenant_with_key("acme").await;
         let b = app.tenant_with_key("other").await;
