@@ -88,6 +88,15 @@ pub fn queue_depth(n: u64) {
     metrics::gauge!("sms_queue_depth").set(n as f64);
 }
 
+/// Share of the last 24 h's finished SMS that were delivered (set at scrape time; absent without traffic).
+pub fn delivery_rate(delivered: i64, finished: i64) {
+    let _ = handle();
+    metrics::gauge!("sms_finished_24h").set(finished as f64);
+    if finished > 0 {
+        metrics::gauge!("sms_delivery_rate_24h").set(delivered as f64 / finished as f64);
+    }
+}
+
 /// Prometheus text for a scrape: refresh the scrape-time gauges of this app's pool, then render.
 pub fn render(db: &Db) -> String {
     let handle = handle();

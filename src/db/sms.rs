@@ -393,6 +393,7 @@ pub async fn insert_status_event(
 pub struct MessageState {
     pub id: String,
     pub alert_id: Option<String>,
+    pub kind: String,
     pub status: String,
     pub error_code: Option<String>,
 }
@@ -403,7 +404,7 @@ pub async fn message_by_sid(tx: &mut Tx, sid: &str) -> Result<Option<MessageStat
         Backend::Postgres => " FOR UPDATE",
         Backend::Sqlite => "",
     };
-    let sql = format!("SELECT id, alert_id, status, error_code FROM sms_messages WHERE twilio_sid = $1{lock}");
+    let sql = format!("SELECT id, alert_id, kind, status, error_code FROM sms_messages WHERE twilio_sid = $1{lock}");
     on_tx!(tx, c => sqlx::query_as(&sql).bind(sid).fetch_optional(&mut *c).await)
 }
 

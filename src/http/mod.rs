@@ -125,6 +125,14 @@ async fn metrics_text(State(state): State<AppState>, _: Operator) -> Response {
     if let Ok(n) = depth {
         crate::metrics::queue_depth(n.max(0) as u64);
     }
+    let since = state.now() - 86_400_000;
+    let finished: Result<(i64, i64), sqlx::Error> = crate::on_db!(&state.db, p => sqlx::query_as(
+        "SELECT COUNT(CASE WHEN status = 'delivered' THEN 1 END), COUNT(*) FROM sms_messages \
+         WHERE status IN ('delivered', 'undelivered', 'failed') AND created_at >= $1"
+    ).bind(since).fetch_one(p).await);
+    if let Ok((delivered, total)) = finished {
+        crate::metrics::delivery_rate(delivered, total);
+    }
     let body = crate::metrics::render(&state.db);
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
         .into_response()

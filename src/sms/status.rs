@@ -58,5 +58,8 @@ pub async fn apply_callback(state: &AppState, params: &[(String, String)]) -> Ap
     }
     sms::mark_events_applied(&mut tx, sid).await?;
     tx.commit().await?;
+    if let Some(next) = next {
+        crate::metrics::sms_outcome(&message.kind, next.as_str());
+    }
     Ok(next.map_or(Applied::Unchanged, Applied::Moved))
 }

@@ -106,3 +106,49 @@ async fn transactional_messages_go_out_without_alert_consent_but_never_after_sto
     let (s, b) = app.send(Method::POST, &format!("/api/workers/{id}/verification"), Some(&key), None).await;
     assert_eq!((s, error_code(&b)), (StatusCode::CONFLICT, "opted_out"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_sms_outcomes_by_kind_job_runs_the_queue_and_the_delivery_rate() {
+    let (app, _fake) = sms_app(Backend::Sqlite, true, &[]).await;
+    let key = app.tenant_with_key("acme").await;
+    let (_, w) = app
+        .send(
+            Method::POST,
+            "/api/workers",
+            Some(&key),
+            Some(json!({"name": "Jean", "phone": "514 873 2015", "sms_consent": true})),
+        )
+        .await;
+    alert(&app, &key, w["id"].as_str().unwrap()).await;
+    run_once(&app.state, T0 + 1_000).await.unwrap();
+    let sid: String =
+        secur360::on_db!(&app.db, p => sqlx::query_scalar("SELECT twilio_sid FROM sms_messages").fetch_one(p).await)
+            .unwrap();
+    let pairs: Vec<(String, String)> = [("MessageSid", sid.as_str()), ("MessageStatus", "delivered")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sig = twilio_signature::compute(&format!("{}/api/sms/status", fake_twilio::APP_URL), &pairs, AUTH_TOKEN);
+    let res = app
+        .request(Method::POST, "/api/sms/status", None)
+        .form(&pairs)
+        .header("x-twilio-signature", sig)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    app.operator(Method::POST, "/api/sms/cleanup", None).await;
+
+    let (s, _) = app.send(Method::GET, "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let text = app.request(Method::GET, "/metrics", Some(ADMIN_TOKEN)).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "sms_messages_total{kind=\"lock_applied\",outcome=\"sending\"}",
+        "sms_messages_total{kind=\"lock_applied\",outcome=\"delivered\"}",
+        "job_runs_total{job=\"sms_cleanup\",outcome=\"succeeded\"}",
+        "sms_queue_depth",
+        "sms_delivery_rate_24h",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
