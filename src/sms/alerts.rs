@@ -310,11 +310,7 @@ pub async fn create_alert(
     .await;
     if let Err(e) = inserted {
         drop(tx);
-        return match (db::is_unique_violation(&e), key) {
-            // Another request with the same key committed first: answer as it did.
-            (true, Some(k)) => replay(state, Some(tenant_id), k, &hash).await?.ok_or_else(|| e.into()),
-            _ => Err(e.into()),
-        };
+        return replay_after_conflict(state, Some(tenant_id), key, &hash, e).await;
     }
     for (id, c, reason, masked) in &rows {
         sms::insert_message(
@@ -350,6 +346,21 @@ pub async fn create_alert(
     tx.commit().await?;
     tracing::info!(alert_id, kind, queued, skipped, "SMS alert queued");
     Ok(response)
+}
+
+/// The alert insert failed. A unique violation on the idempotency key means another request with the same key
+/// committed first: answer as it did. Anything else is an error.
+async fn replay_after_conflict(
+    state: &AppState,
+    tenant_id: Option<&str>,
+    key: Option<&str>,
+    hash: &str,
+    e: sqlx::Error,
+) -> ApiResult<Value> {
+    match (db::is_unique_violation(&e), key) {
+        (true, Some(k)) => replay(state, tenant_id, k, hash).await?.ok_or_else(|| e.into()),
+        _ => Err(e.into()),
+    }
 }
 
 /// `POST /api/send-sms` (operator, runbook test procedure): one message of kind `test`, no tenant.
@@ -412,10 +423,7 @@ pub async fn send_test(
     .await;
     if let Err(e) = inserted {
         drop(tx);
-        return match (db::is_unique_violation(&e), key) {
-            (true, Some(k)) => replay(state, None, k, &hash).await?.ok_or_else(|| e.into()),
-            _ => Err(e.into()),
-        };
+        return replay_after_conflict(state, None, key, &hash, e).await;
     }
     sms::insert_message(
         &mut tx,

@@ -10,20 +10,16 @@ use crate::fake_twilio::{self, AUTH_TOKEN};
 use crate::helpers::*;
 use crate::sms::{sms_app, T0};
 
+/// POST form fields to one of our Twilio webhooks, signed as Twilio would sign them.
+async fn signed(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> StatusCode {
+    let pairs: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let sig = twilio_signature::compute(&format!("{}{path}", fake_twilio::APP_URL), &pairs, AUTH_TOKEN);
+    app.request(Method::POST, path, None).form(&pairs).header("x-twilio-signature", sig).send().await.unwrap().status()
+}
+
 async fn inbound(app: &TestApp, sid: &str, from: &str, body: &str) {
-    let pairs: Vec<(String, String)> = [("MessageSid", sid), ("From", from), ("Body", body)]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let sig = twilio_signature::compute(&format!("{}/api/sms/inbound", fake_twilio::APP_URL), &pairs, AUTH_TOKEN);
-    let res = app
-        .request(Method::POST, "/api/sms/inbound", None)
-        .form(&pairs)
-        .header("x-twilio-signature", sig)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let status = signed(app, "/api/sms/inbound", &[("MessageSid", sid), ("From", from), ("Body", body)]).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 async fn alert(app: &TestApp, key: &str, worker: &str) -> serde_json::Value {
@@ -124,19 +120,8 @@ async fn metrics_count_sms_outcomes_by_kind_job_runs_the_queue_and_the_delivery_
     let sid: String =
         secur360::on_db!(&app.db, p => sqlx::query_scalar("SELECT twilio_sid FROM sms_messages").fetch_one(p).await)
             .unwrap();
-    let pairs: Vec<(String, String)> = [("MessageSid", sid.as_str()), ("MessageStatus", "delivered")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let sig = twilio_signature::compute(&format!("{}/api/sms/status", fake_twilio::APP_URL), &pairs, AUTH_TOKEN);
-    let res = app
-        .request(Method::POST, "/api/sms/status", None)
-        .form(&pairs)
-        .header("x-twilio-signature", sig)
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success());
+    let status = signed(&app, "/api/sms/status", &[("MessageSid", sid.as_str()), ("MessageStatus", "delivered")]).await;
+    assert!(status.is_success());
     app.operator(Method::POST, "/api/sms/cleanup", None).await;
 
     let (s, _) = app.send(Method::GET, "/metrics", None, None).await;
