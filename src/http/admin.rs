@@ -58,6 +58,19 @@ fn forbidden(lang: &str) -> Response {
 }
 
 /// The live session, or the response to send instead (303 to the login form, or an error).
+/// The session of a state-changing POST: logged in, same origin, and the session's CSRF token.
+async fn session_for_post(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf_token: Option<&str>,
+) -> Result<SessionRow, Response> {
+    let session = session_or_login(state, headers).await?;
+    if !admin::origin_allowed(&state.settings, headers) || !admin::csrf_valid(&session, csrf_token) {
+        return Err(forbidden(&session.language));
+    }
+    Ok(session)
+}
+
 async fn session_or_login(state: &AppState, headers: &HeaderMap) -> Result<SessionRow, Response> {
     match admin::current_session(&state.db, headers, state.now()).await {
         Ok(Some(s)) => Ok(s),
@@ -143,13 +156,10 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session_or_login(&state, &headers).await {
+    let session = match session_for_post(&state, &headers, form.csrf_token.as_deref()).await {
         Ok(s) => s,
         Err(res) => return res,
     };
-    if !admin::origin_allowed(&state.settings, &headers) || !admin::csrf_valid(&session, form.csrf_token.as_deref()) {
-        return forbidden(&session.language);
-    }
     let entry = Entry::new(Zone::Admin, "logout", actor(&session)).subject(session.id.clone()).request_id(request_id);
     let done = async {
         store::delete_session(&state.db, &session.id).await?;
@@ -189,13 +199,10 @@ pub async fn procedure(
     headers: HeaderMap,
     Form(form): Form<ProcedureForm>,
 ) -> Response {
-    let session = match session_or_login(&state, &headers).await {
+    let session = match session_for_post(&state, &headers, form.csrf_token.as_deref()).await {
         Ok(s) => s,
         Err(res) => return res,
     };
-    if !admin::origin_allowed(&state.settings, &headers) || !admin::csrf_valid(&session, form.csrf_token.as_deref()) {
-        return forbidden(&session.language);
-    }
     let mut details = serde_json::Map::new();
     let mut subject = None;
     let (action, result): (&'static str, procedures::ProcedureResult) = match name.as_str() {
