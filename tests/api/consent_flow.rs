@@ -22,6 +22,13 @@ async fn inbound(app: &TestApp, sid: &str, from: &str, body: &str) {
     assert_eq!(status, StatusCode::OK);
 }
 
+async fn consenting_worker(app: &TestApp, key: &str) -> serde_json::Value {
+    let body = json!({"name": "Jean", "phone": "514 873 2015", "sms_consent": true});
+    let (s, w) = app.send(Method::POST, "/api/workers", Some(key), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{w}");
+    w
+}
+
 async fn alert(app: &TestApp, key: &str, worker: &str) -> serde_json::Value {
     let (s, a) = app
         .send(
@@ -40,14 +47,7 @@ async fn alert(app: &TestApp, key: &str, worker: &str) -> serde_json::Value {
 async fn story(backend: Backend) {
     let (app, fake) = sms_app(backend, true, &[("OWNER_MOBILE", "+14384031234")]).await;
     let key = app.tenant_with_key("acme").await;
-    let (_, w) = app
-        .send(
-            Method::POST,
-            "/api/workers",
-            Some(&key),
-            Some(json!({"name": "Jean", "phone": "514 873 2015", "sms_consent": true})),
-        )
-        .await;
+    let w = consenting_worker(&app, &key).await;
     let id = w["id"].as_str().unwrap().to_owned();
 
     inbound(&app, "SM1", "+15148732015", "ARRÊT").await;
@@ -107,14 +107,7 @@ async fn transactional_messages_go_out_without_alert_consent_but_never_after_sto
 async fn metrics_count_sms_outcomes_by_kind_job_runs_the_queue_and_the_delivery_rate() {
     let (app, _fake) = sms_app(Backend::Sqlite, true, &[]).await;
     let key = app.tenant_with_key("acme").await;
-    let (_, w) = app
-        .send(
-            Method::POST,
-            "/api/workers",
-            Some(&key),
-            Some(json!({"name": "Jean", "phone": "514 873 2015", "sms_consent": true})),
-        )
-        .await;
+    let w = consenting_worker(&app, &key).await;
     alert(&app, &key, w["id"].as_str().unwrap()).await;
     run_once(&app.state, T0 + 1_000).await.unwrap();
     let sid: String =

@@ -27,6 +27,25 @@ async fn code_sent(app: &TestApp, message_id: &str) -> String {
         .to_owned()
 }
 
+/// A worker with a verification in progress: the key, the code sent, a wrong code and the check path.
+struct Started {
+    key: String,
+    code: String,
+    wrong: &'static str,
+    check: String,
+}
+
+async fn start(app: &TestApp) -> Started {
+    let key = app.tenant_with_key("acme").await;
+    let id = worker(app, &key).await;
+    let (s, started) = app.send(Method::POST, &format!("/api/workers/{id}/verification"), Some(&key), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let code = code_sent(app, started["message_id"].as_str().unwrap()).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let check = format!("/api/workers/{id}/verification/check");
+    Started { key, code, wrong, check }
+}
+
 both_backends! {
     async fn paper_consent_is_recorded_in_the_ledger_with_its_evidence(app) {
         let key = app.tenant_with_key("acme").await;
@@ -42,16 +61,10 @@ both_backends! {
     }
 
     async fn a_correct_code_verifies_the_phone_and_wrong_codes_are_counted(app) {
-        let key = app.tenant_with_key("acme").await;
-        let id = worker(&app, &key).await;
-        let (s, started) = app.send(Method::POST, &format!("/api/workers/{id}/verification"), Some(&key), None).await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{started}");
-        let code = code_sent(&app, started["message_id"].as_str().unwrap()).await;
+        let Started { key, code, wrong, check } = start(&app).await;
         let stored: String = secur360::on_db!(&app.db, p => sqlx::query_scalar("SELECT code_hash FROM phone_verifications").fetch_one(p).await).unwrap();
         assert!(!stored.contains(&code) && stored.len() == 64);
 
-        let check = format!("/api/workers/{id}/verification/check");
-        let wrong = if code == "000000" { "111111" } else { "000000" };
         let (s, b) = app.send(Method::POST, &check, Some(&key), Some(json!({"code": wrong}))).await;
         assert_eq!((s, error_code(&b)), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"));
         assert!(b["error"]["message"].as_str().unwrap().contains("4 attempt(s) left"));
@@ -66,12 +79,7 @@ both_backends! {
     }
 
     async fn five_wrong_codes_lock_the_verification(app) {
-        let key = app.tenant_with_key("acme").await;
-        let id = worker(&app, &key).await;
-        let (_, started) = app.send(Method::POST, &format!("/api/workers/{id}/verification"), Some(&key), None).await;
-        let code = code_sent(&app, started["message_id"].as_str().unwrap()).await;
-        let wrong = if code == "000000" { "111111" } else { "000000" };
-        let check = format!("/api/workers/{id}/verification/check");
+        let Started { key, code, wrong, check } = start(&app).await;
         for _ in 0..5 {
             app.send(Method::POST, &check, Some(&key), Some(json!({"code": wrong}))).await;
         }
@@ -80,12 +88,7 @@ both_backends! {
     }
 
     async fn parallel_guesses_cannot_exceed_five_attempts(app) {
-        let key = app.tenant_with_key("acme").await;
-        let id = worker(&app, &key).await;
-        let (_, started) = app.send(Method::POST, &format!("/api/workers/{id}/verification"), Some(&key), None).await;
-        let code = code_sent(&app, started["message_id"].as_str().unwrap()).await;
-        let wrong = if code == "000000" { "111111" } else { "000000" };
-        let check = format!("/api/workers/{id}/verification/check");
+        let Started { key, code, wrong, check } = start(&app).await;
         let guesses = (0..12).map(|_| app.send(Method::POST, &check, Some(&key), Some(json!({"code": wrong}))));
         let results = futures::future::join_all(guesses).await;
         let counted = results.iter().filter(|(s, _)| *s == StatusCode::UNPROCESSABLE_ENTITY).count();
