@@ -192,6 +192,9 @@ pub async fn append(tx: &mut Tx, entry: &Entry, now: i64) -> Result<i64, sqlx::E
         // PostgreSQL only: serialise appenders until commit (SQLite's BEGIN IMMEDIATE already does).
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut **t).await?;
     }
+    // The chain is platform-wide: its tail may be another tenant's row, so read it and link to it in a system
+    // window (row-level security would otherwise hide it from a tenant's transaction).
+    crate::db::scope::open_window(tx, "audit-chain").await?;
     let last: Option<(i64, String)> = on_tx!(tx, c => sqlx::query_as(
         "SELECT seq, hash FROM system_audit_logs ORDER BY seq DESC LIMIT 1"
     ).fetch_optional(&mut *c).await)?;
@@ -221,6 +224,7 @@ pub async fn append(tx: &mut Tx, entry: &Entry, now: i64) -> Result<i64, sqlx::E
     .bind(row.seq).bind(row.at).bind(&row.zone).bind(&row.action).bind(&row.outcome).bind(&row.tenant_id)
     .bind(&row.actor).bind(&row.subject).bind(&row.details).bind(&row.request_id).bind(&row.prev_hash).bind(&row.hash)
     .execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    crate::db::scope::close_window(tx).await?;
     Ok(seq)
 }
 

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::db::api_keys;
+use crate::db::scope::{self, Scope};
 use crate::domain::ids;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -57,7 +58,10 @@ impl FromRequestParts<AppState> for Operator {
         }
         match bearer(parts) {
             None => Err(ApiError::unauthorized("send the operator token as `Authorization: Bearer <ADMIN_TOKEN>`")),
-            Some(t) if is_operator_token(state, t) => Ok(Operator),
+            Some(t) if is_operator_token(state, t) => {
+                scope::enter(Scope::System("operator"));
+                Ok(Operator)
+            }
             Some(_) => Err(ApiError::unauthorized("the operator token is not valid")),
         }
     }
@@ -78,9 +82,11 @@ impl FromRequestParts<AppState> for CronCaller {
             return Err(ApiError::unauthorized("send `Authorization: Bearer $CRON_SECRET` (or the operator token)"));
         };
         if state.settings.cron_secret.as_ref().is_some_and(|s| secret_eq(s.expose(), token)) {
+            scope::enter(Scope::System("cron"));
             return Ok(CronCaller { actor: "cron" });
         }
         if is_operator_token(state, token) {
+            scope::enter(Scope::System("operator"));
             return Ok(CronCaller { actor: "operator" });
         }
         Err(ApiError::unauthorized(if state.settings.cron_secret.is_none() {
@@ -125,13 +131,16 @@ impl FromRequestParts<AppState> for TenantAdmin {
         };
         let invalid = || ApiError::unauthorized("the API key is not valid; ask the operator for a new key");
         let id = key_id(token).ok_or_else(invalid)?;
-        let row = api_keys::find(&state.db, id).await?.ok_or_else(invalid)?;
+        // Finding the key is platform work (the tenant is not known yet): a system read of that one row.
+        let row = scope::system("api-key-auth", api_keys::find(&state.db, id)).await?.ok_or_else(invalid)?;
         if !secret_eq(&row.secret_hash, &hash_key(token)) {
             return Err(invalid());
         }
         if row.revoked_at.is_some() {
             return Err(ApiError::unauthorized("this API key was revoked; ask the operator for a new key"));
         }
+        // From here the request sees only this tenant's rows (row-level security on PostgreSQL).
+        scope::enter(Scope::Tenant(row.tenant_id.clone()));
         api_keys::touch(&state.db, &row.id, state.now()).await?;
         Ok(TenantAdmin { tenant_id: row.tenant_id, key_id: row.id })
     }

@@ -199,7 +199,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    match runtime.block_on(crate::db::scope::system("cli", run(cli.command, settings))) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("secur360: {e:#}");
@@ -261,7 +261,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let db = Db::connect(settings.database_url.expose(), 2).await?;
-            db.migrate().await?;
+            crate::startup::migrate(&settings, &db).await?;
             let (known, _) = db.migration_versions().await.context("reading the migration table")?;
             println!("database schema is at version {known} ({:?})", db.backend());
         }

@@ -99,6 +99,8 @@ pub struct SmsSettings {
 pub struct Settings {
     pub app_url: Url,
     pub database_url: Secret,
+    /// PostgreSQL: the owner role's connection for migrations (the runtime role of `database_url` cannot).
+    pub database_owner_url: Option<Secret>,
     pub database_max_connections: u32,
     pub bind_addr: SocketAddr,
     pub admin_token: Option<Secret>,
@@ -145,6 +147,11 @@ pub const VARIABLES: &[VarDoc] = &[
         name: "DATABASE_URL",
         secret: true,
         meaning: "sqlite://… (default sqlite://data/secur360.db) or postgres://…",
+    },
+    VarDoc {
+        name: "DATABASE_OWNER_URL",
+        secret: true,
+        meaning: "PostgreSQL only: connection as the owner role, used by `migrate` and `serve --migrate` (default DATABASE_URL)",
     },
     VarDoc { name: "DATABASE_MAX_CONNECTIONS", secret: false, meaning: "connection pool size (default 10)" },
     VarDoc { name: "BIND_ADDR", secret: false, meaning: "listen address (default 127.0.0.1:8080)" },
@@ -389,6 +396,14 @@ impl Settings {
                 "DATABASE_URL must start with sqlite: or postgres:// (for example sqlite://data/secur360.db)".into(),
             );
         }
+        let database_owner_url = r.get("DATABASE_OWNER_URL");
+        if let Some(owner) = &database_owner_url {
+            if !["postgres://", "postgresql://"].iter().any(|p| owner.starts_with(p)) {
+                r.problem("DATABASE_OWNER_URL must start with postgres:// (it is used only with PostgreSQL)".into());
+            } else if database_url.starts_with("sqlite:") {
+                r.problem("DATABASE_OWNER_URL is set but DATABASE_URL is SQLite: unset it, or use PostgreSQL".into());
+            }
+        }
         let database_max_connections = r.parse("DATABASE_MAX_CONNECTIONS", 10u32, "a positive integer");
         if database_max_connections == 0 {
             r.problem("DATABASE_MAX_CONNECTIONS must be at least 1".into());
@@ -538,6 +553,7 @@ impl Settings {
         Ok(Settings {
             app_url: app_url.expect("checked above"),
             database_url: Secret::new(database_url),
+            database_owner_url: database_owner_url.map(Secret::new),
             database_max_connections,
             bind_addr,
             admin_token,
@@ -596,6 +612,7 @@ impl Settings {
         vec![
             ("APP_URL", self.app_url.as_str().trim_end_matches('/').to_owned()),
             ("DATABASE_URL", format!("{backend}, {}", self.database_url.fingerprint())),
+            ("DATABASE_OWNER_URL", secret(&self.database_owner_url)),
             ("DATABASE_MAX_CONNECTIONS", self.database_max_connections.to_string()),
             ("BIND_ADDR", self.bind_addr.to_string()),
             ("ADMIN_TOKEN", secret(&self.admin_token)),

@@ -40,6 +40,10 @@ fn fingerprint(key: &str, value: &str) -> String {
 
 /// Compare, record in the audit log when something changed, and store the new fingerprints — one transaction.
 pub async fn record(state: &AppState) -> Result<EnvChanges, sqlx::Error> {
+    crate::db::scope::system("startup-config", record_now(state)).await
+}
+
+async fn record_now(state: &AppState) -> Result<EnvChanges, sqlx::Error> {
     let now = state.now();
     let mut tx = state.db.begin().await?;
     let rows: Vec<(String, String)> = on_tx!(&mut tx, c => sqlx::query_as("SELECT name, fingerprint FROM config_fingerprints").fetch_all(&mut *c).await)?;

@@ -30,8 +30,9 @@ pub enum Migrations {
 impl Application {
     pub async fn build(settings: Settings, migrations: Migrations) -> anyhow::Result<Self> {
         let db = Db::connect(settings.database_url.expose(), settings.database_max_connections).await?;
+        db.check_runtime_role().await?;
         if migrations == Migrations::Apply || db.backend() == Backend::Sqlite {
-            db.migrate().await?;
+            migrate(&settings, &db).await?;
         } else {
             let (known, applied) = db.migration_versions().await.unwrap_or((1, None));
             if applied != Some(known) {
@@ -96,6 +97,20 @@ impl Application {
         self.state.db.close().await;
         tracing::info!("secur360 stopped");
         Ok(())
+    }
+}
+
+/// Apply pending migrations as the owner role: `DATABASE_OWNER_URL` when set (PostgreSQL, where the runtime role
+/// of `DATABASE_URL` may not create or alter tables), else through `db` itself.
+pub async fn migrate(settings: &Settings, db: &Db) -> anyhow::Result<()> {
+    match &settings.database_owner_url {
+        Some(owner_url) if db.backend() == Backend::Postgres => {
+            let owner = Db::connect(owner_url.expose(), 1).await.context("connecting with DATABASE_OWNER_URL")?;
+            let applied = owner.migrate().await;
+            owner.close().await;
+            applied
+        }
+        _ => db.migrate().await,
     }
 }
 

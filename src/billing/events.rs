@@ -486,6 +486,10 @@ pub struct RetryReport {
 
 /// Re-apply events that are pending, failed and due, or stuck past their lease (serve's loop and the sync).
 pub async fn retry_failed(state: &AppState, now: i64) -> anyhow::Result<RetryReport> {
+    crate::db::scope::system("stripe-retry", retry_failed_now(state, now)).await
+}
+
+async fn retry_failed_now(state: &AppState, now: i64) -> anyhow::Result<RetryReport> {
     let mut report = RetryReport::default();
     for id in store::due_events(&state.db, now, 500).await? {
         match process(state, &id, now).await {

@@ -158,6 +158,10 @@ where
 
 /// Run the sync at `now` (ms). Never fails as a whole: problems are in `errors` and `ok` is false.
 pub async fn run(state: &AppState, now: i64) -> SyncReport {
+    crate::db::scope::system("billing-sync", run_now(state, now)).await
+}
+
+async fn run_now(state: &AppState, now: i64) -> SyncReport {
     let mut report = SyncReport::default();
     match StripeClient::from_settings(&state.settings) {
         Err(e) => report.errors.push(e.to_string()),

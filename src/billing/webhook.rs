@@ -39,6 +39,8 @@ pub async fn receive(state: &AppState, signature: Option<&str>, body: &[u8]) -> 
         tracing::warn!(error = %e, "Stripe webhook refused");
         return Err(ApiError::bad_request(code, format!("{e}; nothing was recorded")));
     }
+    // Signed by Stripe: from here the request works in the Stripe system context (row-level security).
+    crate::db::scope::enter(crate::db::scope::Scope::System("stripe-webhook"));
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("malformed_event", format!("the event is not valid JSON: {e}")))?;
     let ev = Event::parse(&value).map_err(|e| ApiError::bad_request("malformed_event", e))?;

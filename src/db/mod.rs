@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api_keys;
 pub mod billing;
+pub mod scope;
 pub mod sites;
 pub mod sms;
 pub mod subscriptions;
@@ -107,9 +108,12 @@ impl Db {
             Ok(Db::Sqlite(pool))
         } else {
             let opts = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid postgres URL")?;
+            // Row-level security: every connection carries the scope of the task that takes it (db::scope).
             let pool = PoolOptions::<Postgres>::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                .after_connect(|conn, _| Box::pin(scope::apply(conn)))
+                .before_acquire(|conn, _| Box::pin(async move { scope::apply(conn).await.map(|()| true) }))
                 .connect_with(opts)
                 .await
                 .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server is up)")?;
@@ -147,6 +151,26 @@ impl Db {
             "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE"
         ).fetch_one(p).await)?;
         Ok((known, applied))
+    }
+
+    /// PostgreSQL: refuse a connection whose role skips row-level security (a superuser or a BYPASSRLS role), so
+    /// the service never runs with tenant isolation silently off. SQLite: nothing to check.
+    pub async fn check_runtime_role(&self) -> anyhow::Result<()> {
+        let Db::Postgres(p) = self else { return Ok(()) };
+        let (role, superuser, bypass): (String, bool, bool) =
+            sqlx::query_as("SELECT rolname::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+                .fetch_one(p)
+                .await
+                .context("reading the database role")?;
+        if superuser || bypass {
+            anyhow::bail!(
+                "DATABASE_URL connects as role {role}, which {} row-level security, so tenant isolation would be \
+                 off; connect as the runtime role (a member of secur360_runtime; README \"PostgreSQL roles\") and \
+                 give the owner role to DATABASE_OWNER_URL for migrations",
+                if superuser { "is a superuser and bypasses" } else { "has BYPASSRLS and bypasses" }
+            );
+        }
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {

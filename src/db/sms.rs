@@ -144,7 +144,12 @@ pub async fn candidates(tx: &mut Tx, tenant_id: &str) -> Result<Vec<Candidate>, 
         "SELECT w.id, w.site_id, w.phone, w.sms_consent, {LEDGER_LATEST} AS ledger_consent FROM workers w \
          WHERE w.tenant_id = $1 ORDER BY w.created_at, w.id"
     );
-    on_tx!(tx, c => sqlx::query_as(&sql).bind(tenant_id).fetch_all(&mut *c).await)
+    // The owner's decisions are phone-wide (recorded under whichever tenants held the number): read them in a
+    // system window; the workers themselves stay bound to `tenant_id` by the filter.
+    super::scope::open_window(tx, "consent-ledger").await?;
+    let rows = on_tx!(tx, c => sqlx::query_as(&sql).bind(tenant_id).fetch_all(&mut *c).await)?;
+    super::scope::close_window(tx).await?;
+    Ok(rows)
 }
 
 pub async fn site_exists(tx: &mut Tx, tenant_id: &str, site_id: &str) -> Result<bool, sqlx::Error> {
@@ -161,6 +166,17 @@ pub const ALERT_KINDS: [&str; 5] = ["lock_applied", "lock_removed", "general_ale
 /// decision for the phone; for transactional messages, the ledger only. `Ok(None)` = may send;
 /// `Ok(Some(reason))` = must not.
 pub async fn consent_block(
+    db: &Db,
+    kind: &str,
+    tenant_id: Option<&str>,
+    worker_id: Option<&str>,
+    phone: &str,
+) -> Result<Option<&'static str>, sqlx::Error> {
+    // Phone-wide owner decisions (see `candidates`): a system read that answers only "may send or not".
+    super::scope::system("consent-ledger", consent_block_inner(db, kind, tenant_id, worker_id, phone)).await
+}
+
+async fn consent_block_inner(
     db: &Db,
     kind: &str,
     tenant_id: Option<&str>,

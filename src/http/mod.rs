@@ -87,15 +87,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_text))
-        .route("/admin", get(|| async { axum::response::Redirect::to("/admin/runbook") }))
-        .route("/admin/login", get(admin::login_form).post(admin::login))
-        .route("/admin/logout", post(admin::logout))
-        .route("/admin/runbook", get(admin::runbook))
-        .route("/admin/procedures/{name}", post(admin::procedure))
+        .merge(admin_pages())
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_latency))
+        .layer(middleware::from_fn(database_scope))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), canonical_host))
@@ -136,6 +133,27 @@ async fn metrics_text(State(state): State<AppState>, _: Operator) -> Response {
     let body = crate::metrics::render(&state.db);
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
         .into_response()
+}
+
+/// The operator's pages: sessions live in a platform table and the procedures act across tenants, so they work
+/// in the admin system context (each handler still requires a valid session or the login form).
+fn admin_pages() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(|| async { axum::response::Redirect::to("/admin/runbook") }))
+        .route("/admin/login", get(admin::login_form).post(admin::login))
+        .route("/admin/logout", post(admin::logout))
+        .route("/admin/runbook", get(admin::runbook))
+        .route("/admin/procedures/{name}", post(admin::procedure))
+        .route_layer(middleware::from_fn(|req: Request, next: Next| async move {
+            crate::db::scope::enter(crate::db::scope::Scope::System("admin-page"));
+            next.run(req).await
+        }))
+}
+
+/// Every request starts with no database scope (on PostgreSQL it sees no row); the authentication extractors
+/// narrow it to the caller's tenant or a named system context once the credential is verified (`db::scope`).
+async fn database_scope(req: Request, next: Next) -> Response {
+    crate::db::scope::run(crate::db::scope::Scope::None, next.run(req)).await
 }
 
 /// Latency of every request, labelled by the matched route (`unmatched` for the fallback), never the raw path.

@@ -79,6 +79,8 @@ impl FromRequest<AppState> for TwilioForm {
         };
         // The signature first: an unsigned request learns nothing else about the endpoint.
         verify(state, &path_and_query, &params, &signature)?;
+        // Signed by Twilio: the handler works in the Twilio system context (row-level security).
+        crate::db::scope::enter(crate::db::scope::Scope::System("twilio-webhook"));
         if !is_form {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

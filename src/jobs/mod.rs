@@ -38,6 +38,14 @@ impl Job {
         }
     }
 
+    /// The system database context the job runs in (row-level security; see `db::scope`).
+    fn system_scope(self) -> &'static str {
+        match self {
+            Job::BillingSync => "job:billing_sync",
+            Job::SmsCleanup => "job:sms_cleanup",
+        }
+    }
+
     /// The audit action of this job (SPEC §6 vocabulary).
     fn action(self) -> &'static str {
         match self {
@@ -138,6 +146,16 @@ pub enum StartError {
 
 /// Start (record), run and finish one run of `job`. `occurrence` is the schedule key, `None` for manual runs.
 pub async fn run(
+    state: &AppState,
+    job: Job,
+    trigger: Trigger,
+    occurrence: Option<String>,
+    actor: &str,
+) -> Result<RunRecord, StartError> {
+    crate::db::scope::system(job.system_scope(), run_now(state, job, trigger, occurrence, actor)).await
+}
+
+async fn run_now(
     state: &AppState,
     job: Job,
     trigger: Trigger,

@@ -52,6 +52,10 @@ fn lease_ms(state: &AppState) -> i64 {
 
 /// One dispatch pass at `now`.
 pub async fn run_once(state: &AppState, now: i64) -> anyhow::Result<DispatchReport> {
+    crate::db::scope::system("sms-dispatcher", dispatch_once(state, now)).await
+}
+
+async fn dispatch_once(state: &AppState, now: i64) -> anyhow::Result<DispatchReport> {
     let limits = &state.settings.sms;
     let owner = state.instance_id.to_string();
     let claimed =
@@ -67,11 +71,13 @@ pub async fn run_once(state: &AppState, now: i64) -> anyhow::Result<DispatchRepo
         let owner = owner.clone();
         let permits = permits.clone();
         let span = tracing::info_span!("sms_dispatch", message_id = %m.id, attempt = m.attempts, kind = %m.kind);
+        // Spawned tasks do not inherit the task-local database scope: carry the dispatcher's system scope over.
+        let scope = crate::db::scope::current();
         tasks.spawn(
-            async move {
+            crate::db::scope::run(scope, async move {
                 let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
                 dispatch_one(&state, m, &owner, now).await
-            }
+            })
             .instrument(span),
         );
     }

@@ -11,6 +11,7 @@ fn secur360(db_url: &str, args: &[&str]) -> std::process::Output {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", db_url)
+        .envs(db_url.starts_with("postgres").then(|| ("DATABASE_OWNER_URL", owner_url(db_url))))
         .env("RUST_LOG", "warn")
         .output()
         .expect("run secur360")

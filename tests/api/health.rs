@@ -12,7 +12,7 @@ both_backends! {
     }
 
     async fn readiness_is_503_when_the_database_is_gone(app) {
-        app.db.close().await;
+        app.state.db.close().await;
         let (s, b) = app.send(Method::GET, "/readyz", None, None).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error_code(&b), "database_unavailable");

@@ -71,16 +71,47 @@ pub async fn fresh_database(backend: Backend) -> (Db, String, Option<tempfile::T
             admin.close().await;
             let mut url = url::Url::parse(&base).expect("TEST_POSTGRES_URL is a URL");
             url.set_path(&name);
+            // The owner (here the cluster's superuser) migrates; the service runs as the runtime role.
             let db = Db::connect(url.as_str(), 5).await.expect("connect to the test database");
             db.migrate().await.expect("migrate postgres");
+            ensure_runtime_login(&db).await;
+            url.set_username(RUNTIME_LOGIN).expect("a postgres URL takes a user name");
+            url.set_password(None).expect("a postgres URL takes a password");
             (db, url.to_string(), None)
         }
     }
 }
 
+/// The login role the service runs as in tests: a member of `secur360_runtime` (created by the migrations), not a
+/// superuser, no BYPASSRLS. The test cluster trusts local connections, so it has no password.
+pub const RUNTIME_LOGIN: &str = "secur360_test_app";
+
+async fn ensure_runtime_login(owner: &Db) {
+    let sql = format!(
+        "DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RUNTIME_LOGIN}') THEN
+                CREATE ROLE {RUNTIME_LOGIN} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE secur360_runtime;
+            END IF;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; -- another test created it meanwhile
+        END $$"
+    );
+    on_db!(owner, p => sqlx::query(&sql).execute(p).await.map(|r| r.rows_affected()))
+        .expect("create the runtime login role");
+}
+
+/// The owner's URL for a database [`fresh_database`] made: the same database as the cluster's administrator.
+pub fn owner_url(runtime_url: &str) -> String {
+    let base = url::Url::parse(&postgres_base_url()).expect("TEST_POSTGRES_URL is a URL");
+    let mut url = url::Url::parse(runtime_url).expect("a database URL");
+    url.set_username(base.username()).expect("a postgres URL takes a user name");
+    url.set_password(base.password()).expect("a postgres URL takes a password");
+    url.to_string()
+}
+
 pub struct TestApp {
     pub backend: Backend,
     pub address: String,
+    /// The owner's connection (PostgreSQL: not bound by row-level security), for assertions on what was stored.
     pub db: Db,
     /// The running app's state (settings, provider, clock): tests drive the SMS dispatcher through it.
     pub state: AppState,
@@ -108,7 +139,13 @@ pub async fn spawn_app_at(backend: Backend, vars: &[(String, String)], clock: Cl
         env.insert(k.to_string(), v.to_string());
     }
     let settings = Settings::from_vars(env).expect("test settings are valid");
-    let app = Application::build_with(settings, db.clone(), clock.clone()).await.expect("build app");
+    // The app gets its own pool as the runtime role (PostgreSQL); `TestApp::db` stays the owner's, for inspection.
+    let app_db = match backend {
+        Backend::Sqlite => db.clone(),
+        Backend::Postgres => Db::connect(&db_url, 5).await.expect("connect as the runtime role"),
+    };
+    app_db.check_runtime_role().await.expect("the test app runs as a role bound by row-level security");
+    let app = Application::build_with(settings, app_db, clock.clone()).await.expect("build app");
     let address = format!("http://{}", app.local_addr());
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -646,10 +646,9 @@ async fn serve_loop(backend: Backend) {
     env.insert("DATABASE_URL".into(), db_url.clone());
     env.insert("ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
     let settings = secur360::config::Settings::from_vars(env).unwrap();
-    let app = secur360::startup::Application::build_with(settings, db.clone(), Clock::system())
-        .await
-        .unwrap()
-        .with_background();
+    let runtime = secur360::db::Db::connect(&db_url, 5).await.unwrap();
+    let app =
+        secur360::startup::Application::build_with(settings, runtime, Clock::system()).await.unwrap().with_background();
     let address = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
@@ -668,7 +667,6 @@ async fn serve_loop(backend: Backend) {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     // The app closed its pool on the way out, after the dispatcher recorded its outcome.
-    let db = secur360::db::Db::connect(&db_url, 1).await.unwrap();
     let status: String =
         on_db!(&db, p => sqlx::query_scalar("SELECT status FROM sms_messages").fetch_one(p).await).unwrap();
     assert_eq!(status, "sending");

@@ -60,7 +60,7 @@ both_backends! {
     }
 
     async fn a_stopped_database_is_a_critical_database_check(app) {
-        app.db.close().await;
+        app.state.db.close().await;
         let (s, r) = app.operator(Method::GET, "/api/system/status", None).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r["status"], "critical");

@@ -1,0 +1,3 @@
+-- PostgreSQL-only: row-level security policies and the runtime role's grants (see the postgres migration of the
+-- same name). SQLite has no roles or row-level security: the embedded database is isolated per tenant by the
+-- application (every tenant query filters on the caller's tenant_id), so there is nothing to change here.
