@@ -17,6 +17,7 @@ mod fake_twilio;
 mod health;
 mod inbound;
 mod jobs;
+mod rls;
 mod signatures;
 mod sites;
 mod sms;
