@@ -117,6 +117,8 @@ pub struct TestApp {
     pub state: AppState,
     pub clock: Clock,
     pub client: reqwest::Client,
+    /// The environment the app was built from (its database URL included), for [`TestApp::another_instance`].
+    pub env: BTreeMap<String, String>,
     _dir: Option<tempfile::TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -138,7 +140,7 @@ pub async fn spawn_app_at(backend: Backend, vars: &[(String, String)], clock: Cl
     for (k, v) in vars {
         env.insert(k.to_string(), v.to_string());
     }
-    let settings = Settings::from_vars(env).expect("test settings are valid");
+    let settings = Settings::from_vars(env.clone()).expect("test settings are valid");
     // The app gets its own pool as the runtime role (PostgreSQL); `TestApp::db` stays the owner's, for inspection.
     let app_db = match backend {
         Backend::Sqlite => db.clone(),
@@ -153,7 +155,40 @@ pub async fn spawn_app_at(backend: Backend, vars: &[(String, String)], clock: Cl
         let _ = rx.await;
     }));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    TestApp { backend, address, db, state, clock, client, _dir: dir, _shutdown: tx }
+    TestApp { backend, address, db, state, clock, client, env, _dir: dir, _shutdown: tx }
+}
+
+impl TestApp {
+    /// A second instance of the service on the same database, as a scaled-out deployment runs it: its own pool,
+    /// listener and instance id; the same settings and clock. `TestApp::db` is shared (the owner's handle).
+    pub async fn another_instance(&self) -> TestApp {
+        let settings = Settings::from_vars(self.env.clone()).expect("test settings are valid");
+        let app_db = match self.backend {
+            Backend::Sqlite => self.state.db.clone(),
+            Backend::Postgres => {
+                Db::connect(settings.database_url.expose(), 5).await.expect("connect as the runtime role")
+            }
+        };
+        let app = Application::build_with(settings, app_db, self.clock.clone()).await.expect("build app");
+        let address = format!("http://{}", app.local_addr());
+        let state = app.state().clone();
+        assert_ne!(state.instance_id, self.state.instance_id, "each instance has its own id");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            backend: self.backend,
+            address,
+            db: self.db.clone(),
+            state,
+            clock: self.clock.clone(),
+            client: self.client.clone(),
+            env: self.env.clone(),
+            _dir: None,
+            _shutdown: tx,
+        }
+    }
 }
 
 impl TestApp {

@@ -16,6 +16,7 @@ mod fake_stripe;
 mod fake_twilio;
 mod health;
 mod inbound;
+mod instances;
 mod jobs;
 mod rls;
 mod signatures;
