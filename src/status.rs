@@ -178,6 +178,65 @@ async fn database(state: &AppState) -> Check {
     }
 }
 
+/// How tenants are kept apart in this database: PostgreSQL row-level security forced on every table for a runtime
+/// role that cannot bypass it; SQLite, the application-level binding only.
+async fn tenant_isolation(state: &AppState) -> Check {
+    let t = Instant::now();
+    let crate::db::Db::Postgres(p) = &state.db else {
+        return check(
+            "tenant_isolation",
+            Zone::Database,
+            Level::Healthy,
+            "SQLite: every tenant query is bound to the caller's tenant by the application (no row-level security)",
+            json!({ "row_level_security": false }),
+            t,
+        );
+    };
+    let role: Result<(String, bool, bool), sqlx::Error> =
+        sqlx::query_as("SELECT rolname::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(p)
+            .await;
+    let tables: Result<(i64, Vec<String>, i64), sqlx::Error> = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(array_agg(c.relname::text ORDER BY c.relname)
+                    FILTER (WHERE NOT (c.relrowsecurity AND c.relforcerowsecurity)), '{}'),
+                COUNT(*) FILTER (WHERE pg_has_role(current_user, c.relowner, 'USAGE'))
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname <> '_sqlx_migrations'",
+    )
+    .fetch_one(p)
+    .await;
+    let ((role, superuser, bypass), (total, unprotected, owned)) = match (role, tables) {
+        (Ok(r), Ok(tb)) => (r, tb),
+        (Err(e), _) | (_, Err(e)) => {
+            return check(
+                "tenant_isolation",
+                Zone::Database,
+                Level::Critical,
+                format!("cannot read roles: {e}"),
+                json!({}),
+                t,
+            )
+        }
+    };
+    let data = json!({
+        "row_level_security": true, "role": role, "tables": total, "unprotected_tables": unprotected,
+        "tables_owned_by_role": owned,
+    });
+    let (level, detail) = if superuser || bypass {
+        (Level::Critical, format!("role {role} bypasses row-level security: connect as the runtime role"))
+    } else if !unprotected.is_empty() {
+        (Level::Critical, format!("row-level security is not forced on: {}", unprotected.join(", ")))
+    } else if owned > 0 {
+        (
+            Level::Warning,
+            format!("role {role} owns the tables and could change their policies: run as a separate runtime role"),
+        )
+    } else {
+        (Level::Healthy, format!("row-level security forced on {total} tables; runtime role {role}"))
+    };
+    check("tenant_isolation", Zone::Database, level, detail, data, t)
+}
+
 async fn probe_http(rb: reqwest::RequestBuilder) -> Result<reqwest::StatusCode, String> {
     match tokio::time::timeout(PROBE_TIMEOUT, rb.send()).await {
         Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
@@ -543,6 +602,7 @@ pub async fn report(state: &AppState) -> Report {
     let (db, st, tw, d, r) = tokio::join!(database(state), stripe(state), twilio(state), dns(state), redirect(state));
     let mut checks = vec![configuration(state), db, st, tw];
     if checks[1].status != Level::Critical {
+        checks.push(tenant_isolation(state).await);
         checks.extend(last_events(state, now).await);
         checks.extend(job_checks(state).await);
         checks.extend(sms_checks(state, now).await);

@@ -84,7 +84,7 @@ async fn optional_text(app: &TestApp, sql: &str) -> Option<String> {
 
 /// Wait (bounded) until `sql` returns `want`: localstripe delivers webhooks asynchronously.
 async fn eventually(app: &TestApp, sql: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got = optional_text(app, sql).await;
         if got.as_deref() == Some(want) {

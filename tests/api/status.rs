@@ -59,6 +59,25 @@ both_backends! {
         assert!(!r.to_string().contains(ADMIN_TOKEN));
     }
 
+    async fn the_status_says_how_tenants_are_kept_apart_and_alarms_when_a_table_loses_forced_rls(app) {
+        let (_, r) = app.operator(Method::GET, "/api/system/status", None).await;
+        let c = find(&r, "tenant_isolation");
+        assert_eq!((c["zone"].as_str(), c["status"].as_str()), (Some("database"), Some("healthy")), "{c}");
+        match app.backend {
+            Backend::Sqlite => assert_eq!(c["data"]["row_level_security"], false),
+            Backend::Postgres => {
+                assert_eq!((c["data"]["role"].as_str(), c["data"]["tables_owned_by_role"].as_i64()), (Some(RUNTIME_LOGIN), Some(0)));
+                assert!(c["detail"].as_str().unwrap().starts_with("row-level security forced on 20 tables"), "{c}");
+                // Someone with the owner role relaxes one table: the status turns critical and names it.
+                app.exec("ALTER TABLE workers NO FORCE ROW LEVEL SECURITY").await;
+                let (s, r) = app.operator(Method::GET, "/api/system/status", None).await;
+                let c = find(&r, "tenant_isolation");
+                assert_eq!((s, c["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("critical")), "{c}");
+                assert_eq!(c["data"]["unprotected_tables"], serde_json::json!(["workers"]));
+            }
+        }
+    }
+
     async fn a_stopped_database_is_a_critical_database_check(app) {
         app.state.db.close().await;
         let (s, r) = app.operator(Method::GET, "/api/system/status", None).await;
