@@ -340,11 +340,15 @@ pub async fn claim(db: &Db, now: i64, lease_until: i64, owner: &str, limit: i64)
 /// Guard of every outcome update: still ours (a newer claim after an expired lease wins).
 const OURS: &str = "id = $1 AND status = 'sending' AND lease_owner = $2 AND attempts = $3";
 
+/// A verification code is erased from the queue as soon as the message leaves it (accepted or final): only its
+/// hash is kept (phone_verifications). Other bodies wait for the retention scrub.
+const FORGET_CODES: &str = "body = CASE WHEN kind = 'verification' THEN NULL ELSE body END";
+
 /// The provider accepted the message: record the SID and hand it to the status callbacks.
 pub async fn record_accepted(tx: &mut Tx, m: &Claimed, owner: &str, sid: &str, now: i64) -> Result<bool, sqlx::Error> {
     let sql = format!(
         "UPDATE sms_messages SET twilio_sid = $4, lease_until = NULL, sent_at = $5, status_updated_at = $5, \
-         error_code = NULL, error_message = NULL WHERE {OURS}"
+         error_code = NULL, error_message = NULL, {FORGET_CODES} WHERE {OURS}"
     );
     let n = on_tx!(tx, c => sqlx::query(&sql).bind(&m.id).bind(owner).bind(m.attempts).bind(sid).bind(now)
         .execute(&mut *c).await.map(|r| r.rows_affected()))?;
@@ -363,7 +367,7 @@ pub async fn record_final(
 ) -> Result<bool, sqlx::Error> {
     let sql = format!(
         "UPDATE sms_messages SET status = $4, error_code = $5, error_message = $6, lease_until = NULL, \
-         status_updated_at = $7 WHERE {OURS}"
+         status_updated_at = $7, {FORGET_CODES} WHERE {OURS}"
     );
     let n = on_tx!(tx, c => sqlx::query(&sql).bind(&m.id).bind(owner).bind(m.attempts).bind(status)
         .bind(error_code).bind(error_message).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;

@@ -315,6 +315,24 @@ sms_tests! {
         assert!(fake.requests().is_empty());
     }
 
+    async fn a_verification_code_is_erased_from_the_queue_once_handed_to_the_provider(app, fake, twilio = true, vars = &[]) {
+        let key = app.tenant_with_key("acme").await;
+        let id = worker(&app, &key, "Jean", "514 873 2015", true).await;
+        let (s, b) = app.send(Method::POST, &format!("/api/workers/{id}/verification"), Some(&key), None).await;
+        assert!(s.is_success(), "{b}");
+        let (_, a) = alert(&app, &key, json!({"kind": "general_alert", "body": "Rassemblement", "recipients": {"all": true}})).await;
+        let queued = app.count("sms_messages WHERE kind = 'verification' AND body IS NOT NULL").await;
+        assert_eq!(queued, 1, "the code waits in the queue until it is sent");
+        let report = run(&app, T0).await;
+        assert_eq!(report.accepted, 2);
+        let sent = fake.requests().into_iter().find(|r| r.field("Body").is_some_and(|b| b.bytes().filter(u8::is_ascii_digit).count() >= 6));
+        assert!(sent.is_some(), "the worker received the code");
+        assert_eq!(app.count("sms_messages WHERE kind = 'verification' AND body IS NULL AND twilio_sid IS NOT NULL").await, 1);
+        // An alert keeps its text until the retention scrub.
+        let kept = app.count(&format!("sms_messages WHERE alert_id = '{}' AND body = 'Rassemblement'", a["alert_id"].as_str().unwrap())).await;
+        assert_eq!(kept, 1);
+    }
+
     async fn the_dispatcher_posts_the_exact_form_fields_with_basic_auth_and_records_the_sid(app, fake, twilio = true, vars = &[]) {
         let t = test_sms(&app, "514 873 2015", "Test secur360 : ça marche").await;
         assert_eq!((t["provider"].as_str(), t["encoding"].as_str(), t["segments"].as_u64()), (Some("twilio"), Some("ucs2"), Some(1)), "ç is not GSM-7 (only Ç is)");
