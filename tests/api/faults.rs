@@ -1,0 +1,169 @@
+//! Process-level faults (issue 9): a real `secur360 serve` killed with SIGKILL in the middle of an SMS alert
+//! and in the middle of Stripe webhooks; the database stopped under load (a private PostgreSQL cluster); the
+//! SMS provider down for a while. Each test prints its figures; RELIABILITY.md records them.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use secur360::db::Db;
+use secur360::on_db;
+use serde_json::{json, Value};
+
+use crate::fake_twilio::FakeTwilio;
+use crate::helpers::*;
+use crate::process::{poll_until, vars, ServeProcess};
+
+// ---------------------------------------------------------------------------------------------------------
+// Shared set-up
+
+/// Insert `n` consenting workers of `tenant` straight into the real schema (the API would take minutes for
+/// 10,000): distinct Montreal numbers `+1514873NNNN`, consent recorded as given at registration.
+pub async fn insert_consenting_workers(db: &Db, tenant: &str, n: usize) {
+    let now = secur360::time::Clock::system().now_ms();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    "('wrk_{tenant}_{i:05}', '{tenant}', 'Worker {i}', '+1514873{i:04}', 'fr', TRUE, {now}, \
+                     'worker_registration', {now}, {now})"
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO workers (id, tenant_id, name, phone, language, sms_consent, sms_consent_at, \
+             sms_consent_source, created_at, updated_at) VALUES {}",
+            values.join(", ")
+        );
+        on_db!(db, p => sqlx::query(&sql).execute(p).await.map(|_| ())).expect("insert workers");
+    }
+}
+
+pub async fn scalar(db: &Db, sql: &str) -> i64 {
+    on_db!(db, p => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The variables of a `serve` sending alerts of up to `recipients` through `fake` as fast as this machine
+/// allows: `rate` messages claimed per pass (the in-flight bound of one instance), `concurrency` provider
+/// calls at once, schedules off unless a test sets them.
+pub fn sms_serve_vars(
+    fake: &FakeTwilio,
+    db_url: &str,
+    recipients: usize,
+    rate: u32,
+    concurrency: u32,
+) -> Vec<(String, String)> {
+    let mut v = fake.vars();
+    v.extend(vars(&[
+        ("DATABASE_URL", db_url),
+        ("SMS_MAX_RECIPIENTS", &recipients.to_string()),
+        ("SMS_RATE_PER_MINUTE", &recipients.to_string()),
+        ("SMS_DISPATCH_RATE_PER_SECOND", &rate.to_string()),
+        ("SMS_DISPATCH_CONCURRENCY", &concurrency.to_string()),
+        ("DATABASE_MAX_CONNECTIONS", "20"),
+        ("BILLING_SYNC_CRON", ""),
+        ("SMS_CLEANUP_CRON", ""),
+    ]));
+    v
+}
+
+/// Queue one general alert to every worker of the tenant; returns the alert id.
+pub async fn alert_everyone(p: &ServeProcess, key: &str, expected: usize) -> String {
+    let body = json!({ "kind": "general_alert", "body": "Alerte : évacuez la zone B. / Evacuate zone B.", "recipients": { "all": true } });
+    let (s, b) = p.send(Method::POST, "/api/sms/alerts", Some(key), Some(body)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{}", truncate(&b));
+    assert_eq!(b["queued"].as_u64(), Some(expected as u64), "{}", truncate(&b));
+    b["alert_id"].as_str().unwrap().to_owned()
+}
+
+fn truncate(v: &Value) -> String {
+    v.to_string().chars().take(600).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 1. SIGKILL in the middle of a 10,000-message alert
+
+const CRASH_MESSAGES: usize = 10_000;
+/// Messages claimed per dispatch pass. One pass runs at a time per instance and its outcomes are recorded
+/// before the next claim, so at most this many messages can have reached the provider without their outcome
+/// being stored when the process dies: the duplicate bound.
+const CRASH_CLAIM_BATCH: u32 = 250;
+const CRASH_CONCURRENCY: u32 = 32;
+
+async fn crash_in_the_middle_of_an_alert(backend: Backend) {
+    let fake = FakeTwilio::start().await;
+    let (db, url, _dir) = fresh_database(backend).await;
+    let mut serve = ServeProcess::start(
+        &format!("crash-{backend:?}"),
+        &sms_serve_vars(&fake, &url, CRASH_MESSAGES, CRASH_CLAIM_BATCH, CRASH_CONCURRENCY),
+    )
+    .await;
+    let key = serve.tenant_with_key("crash").await;
+    insert_consenting_workers(&db, "crash", CRASH_MESSAGES).await;
+
+    let started = Instant::now();
+    let alert_id = alert_everyone(&serve, &key, CRASH_MESSAGES).await;
+    let queued_in = started.elapsed();
+    eprintln!("crash ({backend:?}): alert of {CRASH_MESSAGES} queued in {queued_in:.1?}");
+
+    // Kill once a good part is out, while dispatch passes are in flight.
+    fake.wait_for_distinct_recipients(CRASH_MESSAGES * 3 / 10, Duration::from_secs(240)).await;
+    serve.kill9();
+    let killed_at = started.elapsed();
+    let (distinct_at_kill, sent_at_kill) = fake.accepted_counts();
+    let recorded_at_kill = scalar(&db, "SELECT COUNT(*) FROM sms_messages WHERE twilio_sid IS NOT NULL").await as usize;
+    assert!(distinct_at_kill < CRASH_MESSAGES, "the whole alert went out before the kill; nothing was tested");
+
+    eprintln!("crash ({backend:?}): SIGKILL at {killed_at:.1?}, {sent_at_kill} sent, {recorded_at_kill} recorded");
+    serve.restart().await;
+    eprintln!("crash ({backend:?}): restarted at {:.1?}", started.elapsed());
+    fake.wait_for_distinct_recipients(CRASH_MESSAGES, Duration::from_secs(300)).await;
+    // Every message's outcome is stored (a SID): nothing can be claimed and sent again after this point.
+    poll_until("every message recorded with its Twilio SID", Duration::from_secs(120), || async {
+        let n = scalar(&db, "SELECT COUNT(*) FROM sms_messages WHERE twilio_sid IS NULL").await;
+        (n == 0).then_some(())
+    })
+    .await;
+    let total_time = started.elapsed();
+
+    let per_to = fake.accepted_per_to();
+    let (distinct, sent) = fake.accepted_counts();
+    let duplicates = sent - distinct;
+    let twice = per_to.values().filter(|&&c| c > 1).count();
+    let max_per_to = per_to.values().copied().max().unwrap_or(0);
+    println!(
+        "crash test ({backend:?}): {CRASH_MESSAGES} messages; queued in {queued_in:.1?}; SIGKILL at {killed_at:.1?} \
+         after {sent_at_kill} sent ({recorded_at_kill} recorded); restarted; all out at {total_time:.1?}; \
+         sent {sent}, distinct {distinct}, duplicates {duplicates} ({twice} recipients twice, max {max_per_to}), \
+         bound {CRASH_CLAIM_BATCH}"
+    );
+
+    assert_eq!(distinct, CRASH_MESSAGES, "every recipient got the alert");
+    assert!(
+        duplicates <= CRASH_CLAIM_BATCH as usize,
+        "{duplicates} duplicates exceed the in-flight bound of one claim batch ({CRASH_CLAIM_BATCH})"
+    );
+    assert!(max_per_to <= 2, "a recipient got the alert {max_per_to} times from a single crash");
+    // The store agrees: every message handed to Twilio once it restarted, none lost or left behind.
+    let messages = scalar(&db, &format!("SELECT COUNT(*) FROM sms_messages WHERE alert_id = '{alert_id}'")).await;
+    let sending = scalar(
+        &db,
+        &format!("SELECT COUNT(*) FROM sms_messages WHERE alert_id = '{alert_id}' AND status = 'sending' AND twilio_sid IS NOT NULL"),
+    )
+    .await;
+    assert_eq!((messages, sending), (CRASH_MESSAGES as i64, CRASH_MESSAGES as i64));
+    let (s, view) = serve.send(Method::GET, &format!("/api/sms/alerts/{alert_id}"), Some(&key), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(view["status"].as_str(), Some("sending"), "{}", truncate(&view));
+    serve.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_sigkill_in_the_middle_of_a_10000_message_alert_loses_nothing_on_sqlite() {
+    crash_in_the_middle_of_an_alert(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_sigkill_in_the_middle_of_a_10000_message_alert_loses_nothing_on_postgres() {
+    crash_in_the_middle_of_an_alert(Backend::Postgres).await;
+}
