@@ -60,7 +60,7 @@ pub fn sms_serve_vars(
         ("SMS_RATE_PER_MINUTE", &recipients.to_string()),
         ("SMS_DISPATCH_RATE_PER_SECOND", &rate.to_string()),
         ("SMS_DISPATCH_CONCURRENCY", &concurrency.to_string()),
-        ("DATABASE_MAX_CONNECTIONS", "20"),
+        ("DATABASE_MAX_CONNECTIONS", "10"),
         ("BILLING_SYNC_CRON", ""),
         ("SMS_CLEANUP_CRON", ""),
     ]));

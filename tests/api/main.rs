@@ -19,6 +19,7 @@ mod health;
 mod inbound;
 mod jobs;
 mod process;
+mod scale_out;
 mod signatures;
 mod sites;
 mod sms;
