@@ -49,7 +49,7 @@ struct Inner {
     script: VecDeque<Reply>,
     requests: Vec<Recorded>,
     next_sid: u64,
-    /// While set, every `Messages.json` request gets this reply (a provider outage); the script waits.
+    /// While set, every request (messages and account probes) gets this reply (a provider outage); the script waits.
     outage: Option<Reply>,
     /// `Messages.json` requests answered 201, per `To`.
     accepted_per_to: HashMap<String, u32>,
@@ -118,7 +118,7 @@ impl FakeTwilio {
         self.inner.lock().unwrap().accepted_per_to.clone()
     }
 
-    /// Answer every `Messages.json` request with `reply` until [`FakeTwilio::end_outage`].
+    /// Answer every request with `reply` until [`FakeTwilio::end_outage`].
     pub fn start_outage(&self, reply: Reply) {
         self.inner.lock().unwrap().outage = Some(reply);
     }
@@ -172,9 +172,9 @@ async fn handle(
         g.requests.push(Recorded { path, authorization, form: form.clone() });
         g.next_sid += 1;
         let sid = format!("SM{:032x}", g.next_sid);
-        let reply = match (&g.outage, message) {
-            (Some(outage), true) => outage.clone(),
-            _ => g.script.pop_front().unwrap_or(Reply::Created(sid)),
+        let reply = match &g.outage {
+            Some(outage) => outage.clone(),
+            None => g.script.pop_front().unwrap_or(Reply::Created(sid)),
         };
         if message && matches!(reply, Reply::Created(_) | Reply::Delay(_)) {
             // A delayed reply is still a message Twilio took (the caller may have timed out).

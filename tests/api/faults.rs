@@ -167,3 +167,106 @@ async fn faults_sigkill_in_the_middle_of_a_10000_message_alert_loses_nothing_on_
 async fn faults_sigkill_in_the_middle_of_a_10000_message_alert_loses_nothing_on_postgres() {
     crash_in_the_middle_of_an_alert(Backend::Postgres).await;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// 4. Provider outage: Twilio answers 500, then 429, then times out; messages wait and then go
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no {name} check"))
+}
+
+async fn next_attempts(app: &TestApp) -> Vec<i64> {
+    on_db!(&app.db, p => sqlx::query_scalar::<_, i64>("SELECT next_attempt_at FROM sms_messages ORDER BY id").fetch_all(p).await).unwrap()
+}
+
+async fn provider_outage(backend: Backend) {
+    use crate::fake_twilio::Reply;
+    use crate::sms::{alert, run, sms_app, T0};
+    const N: usize = 20;
+    let (app, fake) = sms_app(backend, true, &[]).await;
+    let key = app.tenant_with_key("outage").await;
+    insert_consenting_workers(&app.db, "outage", N).await;
+
+    fake.start_outage(Reply::ServerError);
+    let body = json!({ "kind": "emergency", "body": "Fuite de gaz, évacuez.", "recipients": { "all": true } });
+    let (s, b) = alert(&app, &key, body).await;
+    assert_eq!((s, b["queued"].as_u64()), (StatusCode::ACCEPTED, Some(N as u64)), "{b}");
+    let alert_id = b["alert_id"].as_str().unwrap().to_owned();
+
+    // 500: every message goes back to the queue for a backed-off retry; nothing is lost or marked failed.
+    let mut now = T0;
+    let r = run(&app, now).await;
+    assert_eq!((r.claimed, r.retried, r.accepted, r.failed), (N, N, 0, 0), "{r:?}");
+    assert!(
+        next_attempts(&app).await.iter().all(|&t| (now + 15_000..=now + 30_000).contains(&t)),
+        "first retry in 15–30 s"
+    );
+    assert_eq!(run(&app, now + 10_000).await.claimed, 0, "nothing is due before its retry time");
+
+    // The status page shows it while it lasts: the Twilio probe fails, the queue holds the alert.
+    let (s, status) = app.operator(Method::GET, "/api/system/status", None).await;
+    assert!(s == StatusCode::OK || s == StatusCode::SERVICE_UNAVAILABLE, "{status}");
+    let (twilio, queue) = (check(&status, "twilio"), check(&status, "sms_queue"));
+    assert_eq!(twilio["status"], "warning", "{twilio}");
+    assert!(twilio["detail"].as_str().unwrap().contains("500"), "{twilio}");
+    assert_eq!(queue["data"]["depth"].as_i64(), Some(N as i64), "{queue}");
+    assert_ne!(status["status"], "healthy");
+
+    // 429 with Retry-After: the provider's delay is honoured exactly.
+    fake.start_outage(Reply::TooMany(120));
+    now += 30_000;
+    let r = run(&app, now).await;
+    assert_eq!((r.claimed, r.retried), (N, N), "{r:?}");
+    assert!(next_attempts(&app).await.iter().all(|&t| t == now + 120_000));
+    assert_eq!(run(&app, now + 119_000).await.claimed, 0);
+
+    // Timeouts (past SMS_PROVIDER_TIMEOUT_MS): retried too. Twilio may have taken them, so they can arrive twice.
+    fake.start_outage(Reply::Delay(Duration::from_secs(2)));
+    now += 120_000;
+    let r = run(&app, now).await;
+    assert_eq!((r.claimed, r.retried, r.accepted), (N, N, 0), "{r:?}");
+    let (_, taken_during_timeouts) = fake.accepted_counts();
+    let errors: Vec<Option<String>> =
+        on_db!(&app.db, p => sqlx::query_scalar("SELECT error_code FROM sms_messages").fetch_all(p).await).unwrap();
+    assert!(errors.iter().all(|e| e.as_deref() == Some("timeout")), "{errors:?}");
+    let (_, view) = app.send(Method::GET, &format!("/api/sms/alerts/{alert_id}"), Some(&key), None).await;
+    // The tenant sees the alert waiting, and why: each recipient's attempts and last error.
+    assert_eq!(view["status"], "queued", "{view}");
+    assert!(
+        view["recipients"].as_array().unwrap().iter().all(|r| r["attempts"] == 3 && r["error_code"] == "timeout"),
+        "{view}"
+    );
+
+    // The provider is back: at the next due time every message goes, on its fourth attempt.
+    fake.end_outage();
+    now += 120_000; // attempt 4's backoff is at most 2 min
+    let r = run(&app, now).await;
+    assert_eq!((r.claimed, r.accepted, r.failed), (N, N, 0), "{r:?}");
+    let attempts: Vec<i64> =
+        on_db!(&app.db, p => sqlx::query_scalar("SELECT attempts FROM sms_messages").fetch_all(p).await).unwrap();
+    assert!(attempts.iter().all(|&a| a == 4), "{attempts:?}");
+    let (distinct, sent) = fake.accepted_counts();
+    assert_eq!(distinct, N, "every recipient got the alert");
+    assert_eq!(sent, N + taken_during_timeouts, "duplicates only from the timed-out attempts");
+    assert_eq!(
+        scalar(&app.db, "SELECT COUNT(*) FROM sms_messages WHERE status = 'queued' OR twilio_sid IS NULL").await,
+        0
+    );
+    let (_, status) = app.operator(Method::GET, "/api/system/status", None).await;
+    assert!(check(&status, "sms_queue")["data"]["oldest_due_age_seconds"].is_null(), "nothing waits: {status}");
+    println!(
+        "provider outage ({backend:?}): {N} messages, 500 → 429 (Retry-After 120 s honoured) → timeouts → back; \
+         all accepted on attempt 4 after {} s of clock; {taken_during_timeouts} duplicate(s) from timed-out attempts",
+        (now - T0) / 1000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_provider_outage_messages_wait_then_go_and_the_status_shows_it_on_sqlite() {
+    provider_outage(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_provider_outage_messages_wait_then_go_and_the_status_shows_it_on_postgres() {
+    provider_outage(Backend::Postgres).await;
+}
