@@ -270,3 +270,156 @@ async fn faults_provider_outage_messages_wait_then_go_and_the_status_shows_it_on
 async fn faults_provider_outage_messages_wait_then_go_and_the_status_shows_it_on_postgres() {
     provider_outage(Backend::Postgres).await;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// 2. SIGKILL while Stripe webhooks are being processed; Stripe redelivers
+
+const SUBSCRIPTIONS: usize = 30;
+const EVENTS_PER_SUBSCRIPTION: usize = 5;
+
+/// The events of one subscription, oldest first: created, then updates; (event id, body, status, add-on qty).
+fn subscription_story(i: usize, t0: i64) -> Vec<(String, String, &'static str, i64)> {
+    use crate::billing_webhooks::{event, sub_object};
+    let statuses = ["active", "active", "past_due", "active", "past_due"];
+    (0..EVENTS_PER_SUBSCRIPTION)
+        .map(|k| {
+            let id = format!("evt_kill_{i:03}_{k}");
+            let kind = if k == 0 { "customer.subscription.created" } else { "customer.subscription.updated" };
+            let addon = ((i + k) % 4) as i64;
+            let status = statuses[(i + k) % statuses.len()];
+            let body = event(
+                &id,
+                kind,
+                t0 + k as i64 * 10,
+                sub_object(&format!("sub_kill_{i:03}"), &format!("cus_kill_{i:03}"), status, addon),
+            );
+            (id, body, status, addon)
+        })
+        .collect()
+}
+
+async fn deliver_to(p: &ServeProcess, body: &str) -> Result<StatusCode, reqwest::Error> {
+    use secur360::domain::stripe_signature;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let header = stripe_signature::sign(body.as_bytes(), crate::billing_webhooks::SECRET, now);
+    let res = p
+        .client
+        .post(p.url("/api/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header("Stripe-Signature", header)
+        .body(body.to_owned())
+        .send()
+        .await?;
+    Ok(res.status())
+}
+
+async fn kill_during_webhooks(backend: Backend) {
+    use futures::StreamExt;
+    let (db, url, _dir) = fresh_database(backend).await;
+    let mut env = vars(crate::billing_webhooks::webhook_vars());
+    env.extend(vars(&[("DATABASE_URL", &url), ("BILLING_SYNC_CRON", ""), ("SMS_CLEANUP_CRON", "")]));
+    let mut serve = ServeProcess::start(&format!("webhooks-{backend:?}"), &env).await;
+    for i in 0..SUBSCRIPTIONS {
+        let (s, b) = serve
+            .operator(
+                Method::POST,
+                "/api/tenants",
+                Some(json!({ "id": format!("kill-{i:03}"), "name": format!("Kill {i}") })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let sql = format!("INSERT INTO customers (stripe_customer_id, tenant_id, created_at, updated_at) VALUES ('cus_kill_{i:03}', 'kill-{i:03}', 1, 1)");
+        on_db!(&db, p => sqlx::query(&sql).execute(p).await.map(|_| ())).unwrap();
+    }
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 3600;
+    let stories: Vec<_> = (0..SUBSCRIPTIONS).map(|i| subscription_story(i, t0)).collect();
+    // Stripe's first delivery attempt: every event, eight at a time, interleaved across subscriptions.
+    let first: Vec<String> =
+        (0..EVENTS_PER_SUBSCRIPTION).flat_map(|k| stories.iter().map(move |s| s[k].1.clone())).collect();
+    let total = first.len();
+
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let kill_after = total / 3;
+    let reached = std::sync::Arc::new(tokio::sync::Notify::new());
+    let started = Instant::now();
+    let delivery = {
+        let (acked, reached, serve_ref) = (acked.clone(), reached.clone(), &serve);
+        futures::stream::iter(first.iter())
+            .map(move |body| {
+                let (acked, reached) = (acked.clone(), reached.clone());
+                async move {
+                    if let Ok(s) = deliver_to(serve_ref, body).await {
+                        if s.is_success() && acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == kill_after {
+                            reached.notify_one();
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<()>>()
+    };
+    // Deliver until a third is acknowledged, then SIGKILL with deliveries in flight.
+    tokio::select! {
+        _ = delivery => panic!("every delivery finished before the kill"),
+        _ = reached.notified() => {}
+    }
+    serve.kill9();
+    let acked_before_kill = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let unfinished =
+        scalar(&db, "SELECT COUNT(*) FROM billing_events WHERE processing_status NOT IN ('processed', 'ignored')")
+            .await;
+
+    // Stripe retries what was not acknowledged; we redeliver everything, newest first (order is not guaranteed).
+    serve.restart().await;
+    let redelivered: Vec<StatusCode> = futures::stream::iter(first.iter().rev())
+        .then(|b| async { deliver_to(&serve, b).await.expect("redelivery answered") })
+        .collect()
+        .await;
+    assert!(redelivered.iter().all(|s| s.is_success()), "{redelivered:?}");
+
+    // Events left mid-processing by the dead process are re-applied by serve's retry pass once their lease lapses.
+    let expected: Vec<(String, String, i64)> = stories
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (format!("sub_kill_{i:03}"), s[EVENTS_PER_SUBSCRIPTION - 1].2.to_owned(), s[EVENTS_PER_SUBSCRIPTION - 1].3)
+        })
+        .collect();
+    poll_until("the subscription mirror converges and every event is processed", Duration::from_secs(170), || async {
+        let rows: Vec<(String, String, i64)> = on_db!(&db, p => sqlx::query_as(
+            "SELECT stripe_subscription_id, status, addon_quantity FROM subscriptions ORDER BY stripe_subscription_id"
+        ).fetch_all(p).await)
+        .unwrap();
+        let pending =
+            scalar(&db, "SELECT COUNT(*) FROM billing_events WHERE processing_status NOT IN ('processed', 'ignored')")
+                .await;
+        (rows == expected && pending == 0).then_some(())
+    })
+    .await;
+    let converged = started.elapsed();
+    // Each event had exactly one effect: one audit row per event, one stored row per event.
+    let audited: Vec<(String, i64)> = on_db!(&db, p => sqlx::query_as(
+        "SELECT subject, COUNT(*) FROM system_audit_logs WHERE action = 'webhook_event' GROUP BY subject HAVING COUNT(*) <> 1"
+    ).fetch_all(p).await).unwrap();
+    assert!(audited.is_empty(), "events audited more than once: {audited:?}");
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM billing_events").await, total as i64);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(DISTINCT subject) FROM system_audit_logs WHERE action = 'webhook_event'").await,
+        total as i64
+    );
+    println!(
+        "webhook kill ({backend:?}): {total} events; SIGKILL after {acked_before_kill} acknowledged, {unfinished} stored but \
+         not finished; all redelivered (2xx); mirror right {converged:.1?} after the first delivery"
+    );
+    serve.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_sigkill_during_stripe_webhooks_then_redelivery_leaves_the_mirror_right_on_sqlite() {
+    kill_during_webhooks(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_sigkill_during_stripe_webhooks_then_redelivery_leaves_the_mirror_right_on_postgres() {
+    kill_during_webhooks(Backend::Postgres).await;
+}
