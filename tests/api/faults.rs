@@ -423,3 +423,145 @@ async fn faults_sigkill_during_stripe_webhooks_then_redelivery_leaves_the_mirror
 async fn faults_sigkill_during_stripe_webhooks_then_redelivery_leaves_the_mirror_right_on_postgres() {
     kill_during_webhooks(Backend::Postgres).await;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// 3. Database outage under load (a private PostgreSQL cluster, stopped with -m immediate and started again)
+
+/// One request of the load: when it started and ended relative to the test's start, its answer.
+#[derive(Debug, Clone)]
+struct Outcome {
+    phone: String,
+    started: Duration,
+    took: Duration,
+    status: Option<StatusCode>,
+}
+
+/// Past this a request during the outage counts as hanging: the pool's ACQUIRE_TIMEOUT and a margin for a
+/// busy machine.
+const OUTAGE_ANSWER_BOUND: Duration = Duration::from_secs(secur360::db::ACQUIRE_TIMEOUT.as_secs() + 5);
+
+async fn database_outage() {
+    use crate::pg_cluster::{private_database, PrivateCluster};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let cluster = PrivateCluster::start();
+    let (db, url) = private_database(&cluster).await;
+    let env = vars(&[
+        ("DATABASE_URL", &url),
+        ("DATABASE_MAX_CONNECTIONS", "5"),
+        ("BILLING_SYNC_CRON", ""),
+        ("SMS_CLEANUP_CRON", ""),
+    ]);
+    let mut serve = ServeProcess::start("db-outage", &env).await;
+    let key = serve.tenant_with_key("outage").await;
+
+    // The load: four clients creating workers back to back, each answer recorded.
+    let t0 = Instant::now();
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (outcomes, stop, next) = (outcomes.clone(), stop.clone(), next.clone());
+        let (client, url, key) = (serve.client.clone(), serve.url("/api/workers"), key.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                let phone = format!("+1514874{n:04}");
+                let started = t0.elapsed();
+                let res = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({ "name": format!("Load {n}"), "phone": phone, "language": "fr" }))
+                    .send()
+                    .await;
+                let took = t0.elapsed() - started;
+                outcomes.lock().unwrap().push(Outcome { phone, started, took, status: res.ok().map(|r| r.status()) });
+            }
+        }));
+    }
+    let count = |pred: &dyn Fn(&Outcome) -> bool| outcomes.lock().unwrap().iter().filter(|o| pred(o)).count();
+
+    poll_until("50 workers created before the outage", Duration::from_secs(60), || async {
+        (count(&|o| o.status == Some(StatusCode::CREATED)) >= 50).then_some(())
+    })
+    .await;
+    let stopping = t0.elapsed();
+    cluster.stop_immediate();
+    let stopped = t0.elapsed();
+
+    // Requests sent once the server is down: 503 within the bound, never a hang.
+    poll_until("12 requests answered during the outage", Duration::from_secs(90), || async {
+        (count(&|o| o.started > stopped) >= 12).then_some(())
+    })
+    .await;
+    let (s, ready) = serve.send(Method::GET, "/readyz", None, None).await;
+    assert_eq!((s, ready["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("database_unavailable")));
+    let restarting = t0.elapsed();
+    cluster.start_server();
+    let restarted = t0.elapsed();
+
+    // The same process recovers: ready again, and writes succeed.
+    poll_until("/readyz answers 200 again", Duration::from_secs(60), || async {
+        let r = serve.client.get(serve.url("/readyz")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    let ready_again = t0.elapsed();
+    poll_until("20 workers created after the restart", Duration::from_secs(60), || async {
+        (count(&|o| o.started > restarted && o.status == Some(StatusCode::CREATED)) >= 20).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(serve.is_running(), "serve exited during the outage:\n{}", serve.tail(30));
+    serve.assert_no_panic();
+
+    let all = outcomes.lock().unwrap().clone();
+    let during: Vec<&Outcome> = all.iter().filter(|o| o.started > stopped && o.started + o.took < restarting).collect();
+    let in_flight: Vec<&Outcome> =
+        all.iter().filter(|o| o.started <= stopped && o.started + o.took > stopping).collect();
+    let slowest = during.iter().map(|o| o.took).max().unwrap_or_default();
+    assert!(!during.is_empty());
+    for o in &during {
+        assert_eq!(o.status, Some(StatusCode::SERVICE_UNAVAILABLE), "a request during the outage: {o:?}");
+        assert!(o.took <= OUTAGE_ANSWER_BOUND, "a request hung for {:?} during the outage", o.took);
+    }
+    // Requests caught by the stop itself fail (500 or 503) but never claim a success that is not stored.
+    for o in &in_flight {
+        assert!(o.took <= OUTAGE_ANSWER_BOUND, "a request in flight at the stop hung for {:?}", o.took);
+    }
+    // Nothing acknowledged is lost: every 201 is in the database, and nothing else was written.
+    let acked: std::collections::BTreeSet<String> =
+        all.iter().filter(|o| o.status == Some(StatusCode::CREATED)).map(|o| o.phone.clone()).collect();
+    let stored: std::collections::BTreeSet<String> = on_db!(&db, p => sqlx::query_scalar::<_, String>(
+        "SELECT phone FROM workers WHERE tenant_id = 'outage'"
+    ).fetch_all(p).await)
+    .unwrap()
+    .into_iter()
+    .collect();
+    let lost: Vec<&String> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    let unacked_stored = stored.difference(&acked).count();
+    let statuses_in_flight: Vec<Option<u16>> = in_flight.iter().map(|o| o.status.map(|s| s.as_u16())).collect();
+    println!(
+        "database outage (PostgreSQL, private cluster): {} requests; {} acknowledged before, all kept; outage {:.1?} \
+         (stop took {:.1?}); {} requests during it, all 503, slowest {slowest:.1?} (bound {OUTAGE_ANSWER_BOUND:?}); \
+         in flight at the stop: {statuses_in_flight:?}; ready again {:.1?} after the server came back; \
+         {unacked_stored} stored without an acknowledgement (the answer was lost with the connection)",
+        all.len(),
+        all.iter().filter(|o| o.started < stopping && o.status == Some(StatusCode::CREATED)).count(),
+        restarted - stopping,
+        stopped - stopping,
+        during.len(),
+        ready_again - restarted,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_database_outage_under_load_answers_503_in_bound_and_recovers_without_restart() {
+    database_outage().await;
+}

@@ -18,6 +18,7 @@ mod faults;
 mod health;
 mod inbound;
 mod jobs;
+mod pg_cluster;
 mod process;
 mod scale_out;
 mod signatures;
