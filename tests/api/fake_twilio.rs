@@ -127,11 +127,6 @@ impl FakeTwilio {
         self.inner.lock().unwrap().outage = None;
     }
 
-    /// How many requests of any kind have arrived (messages and account probes).
-    pub fn request_count(&self) -> usize {
-        self.inner.lock().unwrap().requests.len()
-    }
-
     /// Replies for the next requests, in order.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inner.lock().unwrap().script.extend(replies);
