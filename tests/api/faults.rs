@@ -533,6 +533,8 @@ async fn database_outage() {
     // Requests caught by the stop itself fail (500 or 503) but never claim a success that is not stored.
     for o in &in_flight {
         assert!(o.took <= OUTAGE_ANSWER_BOUND, "a request in flight at the stop hung for {:?}", o.took);
+        let answered = o.status.map(|s| s.as_u16());
+        assert!(matches!(answered, Some(201 | 500 | 503)), "a request in flight at the stop: {o:?}");
     }
     // Nothing acknowledged is lost: every 201 is in the database, and nothing else was written.
     let acked: std::collections::BTreeSet<String> =
