@@ -100,7 +100,7 @@ const CRASH_CLAIM_BATCH: u32 = 250;
 /// Provider calls in flight (`SMS_DISPATCH_CONCURRENCY`). A dispatch task holds its permit from the provider
 /// call until its outcome is committed, so when the process dies at most this many messages can have reached
 /// Twilio without their SID being stored: the duplicate bound of one crash. (Outcomes that fail to record
-/// while the process lives — logged "recording an SMS outcome failed" — are re-sent too, and counted apart.)
+/// while the process lives, and calls that time out, can be sent twice too: the test counts them from the log.)
 const CRASH_CONCURRENCY: u32 = 32;
 
 async fn crash_in_the_middle_of_an_alert(backend: Backend) {
