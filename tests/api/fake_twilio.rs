@@ -1,7 +1,7 @@
 //! A fake Twilio `Messages.json` on 127.0.0.1:0: records every request (path, Authorization, form fields)
 //! and answers from a script (then 201 with a fresh SID once the script is empty).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +49,12 @@ struct Inner {
     script: VecDeque<Reply>,
     requests: Vec<Recorded>,
     next_sid: u64,
+    /// While set, every request (messages and account probes) gets this reply (a provider outage); the script waits.
+    outage: Option<Reply>,
+    /// `Messages.json` requests answered 201, per `To`.
+    accepted_per_to: HashMap<String, u32>,
+    /// `Messages.json` requests answered 201.
+    accepted: usize,
 }
 
 #[derive(Clone)]
@@ -82,6 +88,43 @@ impl FakeTwilio {
         })
         .await
         .unwrap_or_else(|_| panic!("the fake Twilio did not get {n} request(s) within {within:?}"))
+    }
+
+    /// Resolve once `n` distinct recipients (`To`) have had a message accepted (201), bounded by `within`.
+    /// Counting is O(1) per arrival, so this suits alerts of thousands of messages.
+    pub async fn wait_for_distinct_recipients(&self, n: usize, within: Duration) {
+        let reached = tokio::time::timeout(within, async {
+            loop {
+                let notified = self.arrived.notified();
+                if self.inner.lock().unwrap().accepted_per_to.len() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        let (distinct, total) = self.accepted_counts();
+        assert!(reached.is_ok(), "the fake Twilio accepted messages for {distinct} recipient(s) ({total} in all), not {n}, within {within:?}");
+    }
+
+    /// (distinct recipients, accepted requests) so far.
+    pub fn accepted_counts(&self) -> (usize, usize) {
+        let g = self.inner.lock().unwrap();
+        (g.accepted_per_to.len(), g.accepted)
+    }
+
+    /// Accepted (201) messages per recipient.
+    pub fn accepted_per_to(&self) -> HashMap<String, u32> {
+        self.inner.lock().unwrap().accepted_per_to.clone()
+    }
+
+    /// Answer every request with `reply` until [`FakeTwilio::end_outage`].
+    pub fn start_outage(&self, reply: Reply) {
+        self.inner.lock().unwrap().outage = Some(reply);
+    }
+
+    pub fn end_outage(&self) {
+        self.inner.lock().unwrap().outage = None;
     }
 
     /// Replies for the next requests, in order.
@@ -120,10 +163,21 @@ async fn handle(
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let reply = {
         let mut g = inner.lock().unwrap();
+        let message = path.ends_with("/Messages.json");
         g.requests.push(Recorded { path, authorization, form: form.clone() });
         g.next_sid += 1;
         let sid = format!("SM{:032x}", g.next_sid);
-        g.script.pop_front().unwrap_or(Reply::Created(sid))
+        let reply = match &g.outage {
+            Some(outage) => outage.clone(),
+            None => g.script.pop_front().unwrap_or(Reply::Created(sid)),
+        };
+        if message && matches!(reply, Reply::Created(_) | Reply::Delay(_)) {
+            // A delayed reply is still a message Twilio took (the caller may have timed out).
+            let to = form.iter().find(|(k, _)| k == "To").map(|(_, v)| v.clone()).unwrap_or_default();
+            *g.accepted_per_to.entry(to).or_default() += 1;
+            g.accepted += 1;
+        }
+        reply
     };
     arrived.notify_waiters();
     let created = |sid: String| {

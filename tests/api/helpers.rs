@@ -86,7 +86,7 @@ pub async fn fresh_database(backend: Backend) -> (Db, String, Option<tempfile::T
 /// superuser, no BYPASSRLS. The test cluster trusts local connections, so it has no password.
 pub const RUNTIME_LOGIN: &str = "secur360_test_app";
 
-async fn ensure_runtime_login(owner: &Db) {
+pub async fn ensure_runtime_login(owner: &Db) {
     let sql = format!(
         "DO $$ BEGIN
             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RUNTIME_LOGIN}') THEN
