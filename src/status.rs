@@ -402,29 +402,42 @@ async fn sms_checks(state: &AppState, now: i64) -> Vec<Check> {
         now,
     )
     .await;
-    let queue = match (depth, oldest) {
-        (Ok(d), Ok(o)) => {
-            let oldest_age = age(now, o);
+    // Messages put back by a provider error (5xx, 429, timeout) wait for their retry time, so they are not "due":
+    // count them, or a provider outage would look like a healthy queue.
+    let retrying = scalar(
+        state,
+        "SELECT COUNT(*) FROM sms_messages WHERE status = 'queued' AND attempts > 0 AND error_code IS NOT NULL \
+         AND $1 = $1",
+        0,
+    )
+    .await;
+    let queue = match (depth, oldest, retrying) {
+        (Ok(d), Ok(o), Ok(r)) => {
+            let (oldest_age, retrying) = (age(now, o), r.unwrap_or(0));
             let level = match oldest_age {
                 Some(a) if a > 1800 => Level::Critical,
                 Some(a) if a > 300 => Level::Warning,
+                _ if retrying > 0 => Level::Warning,
                 _ => Level::Healthy,
             };
-            let detail = format!(
+            let mut detail = format!(
                 "{} queued, oldest due {}",
                 d.unwrap_or(0),
                 oldest_age.map_or("—".into(), |a| format!("{a} s ago"))
             );
+            if retrying > 0 {
+                detail.push_str(&format!(", {retrying} waiting to retry after a provider error"));
+            }
             check(
                 "sms_queue",
                 Zone::Sms,
                 level,
                 detail,
-                json!({ "depth": d.unwrap_or(0), "oldest_due_age_seconds": oldest_age }),
+                json!({ "depth": d.unwrap_or(0), "oldest_due_age_seconds": oldest_age, "retrying": retrying }),
                 t,
             )
         }
-        (Err(e), _) | (_, Err(e)) => {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             check("sms_queue", Zone::Sms, Level::Critical, format!("cannot read: {e}"), json!({}), t)
         }
     };

@@ -228,6 +228,11 @@ async fn provider_outage(backend: Backend) {
     assert_eq!(twilio["status"], "warning", "{twilio}");
     assert!(twilio["detail"].as_str().unwrap().contains("500"), "{twilio}");
     assert_eq!(queue["data"]["depth"].as_i64(), Some(N as i64), "{queue}");
+    assert_eq!(
+        (queue["status"].as_str(), queue["data"]["retrying"].as_i64()),
+        (Some("warning"), Some(N as i64)),
+        "{queue}"
+    );
     assert_ne!(status["status"], "healthy");
 
     // 429 with Retry-After: the provider's delay is honoured exactly.
@@ -272,6 +277,7 @@ async fn provider_outage(backend: Backend) {
     );
     let (_, status) = app.operator(Method::GET, "/api/system/status", None).await;
     assert!(check(&status, "sms_queue")["data"]["oldest_due_age_seconds"].is_null(), "nothing waits: {status}");
+    assert_eq!(check(&status, "sms_queue")["data"]["retrying"], 0, "nothing waits: {status}");
     println!(
         "provider outage ({backend:?}): {N} messages, 500 → 429 (Retry-After 120 s honoured) → timeouts → back; \
          all accepted on attempt 4 after {} s of clock; {taken_during_timeouts} duplicate(s) from timed-out attempts",
