@@ -1,5 +1,6 @@
 //! Extractors that turn bad requests into the SPEC §7 error shape.
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -39,12 +40,31 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             "invalid_body",
             format!("the JSON body does not have the expected fields: {detail}"),
         ),
-        _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+        _ => body_rejection(r.status(), &detail),
+    }
+}
+
+/// 413 when the body is over the limit, else 400.
+fn body_rejection(status: StatusCode, detail: &str) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the body is larger than the {} KiB limit", super::MAX_BODY_BYTES / 1024),
-        ),
-        _ => ApiError::bad_request("unreadable_body", format!("the body could not be read: {detail}")),
+        )
+    } else {
+        ApiError::bad_request("unreadable_body", format!("the body could not be read: {detail}"))
+    }
+}
+
+/// The raw body (`Bytes`) whose rejections are JSON errors: 413 (too large), 400 (unreadable).
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state).await.map(ApiBytes).map_err(|r| body_rejection(r.status(), &r.body_text()))
     }
 }
 
@@ -75,3 +95,4 @@ impl<S: Send + Sync> FromRequestParts<S> for ReqId {
         Ok(ReqId(parts.extensions.get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).map(str::to_owned)))
     }
 }
+

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use super::extract::{ApiJson, ReqId};
+use super::extract::{ApiBytes, ApiJson, ReqId};
 use crate::auth::Operator;
 use crate::db::{api_keys, tenants};
 use crate::error::{ApiError, ApiResult};
@@ -62,7 +62,7 @@ pub async fn create_key(
     _: Operator,
     req: ReqId,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<impl IntoResponse> {
     // The body is optional here: no body means the default label.
     let input: NewApiKey = if body.iter().all(u8::is_ascii_whitespace) {
