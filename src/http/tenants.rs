@@ -68,9 +68,14 @@ pub async fn create_key(
     let input: NewApiKey = if body.iter().all(u8::is_ascii_whitespace) {
         NewApiKey::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::unprocessable("invalid_body", format!("the JSON body does not have the expected fields: {e}"))
-        })?
+        let input = serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                ApiError::unprocessable("invalid_body", format!("the JSON body does not have the expected fields: {e}"))
+            } else {
+                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+            }
+        })?;
+        input
     };
     let issued = tenancy::create_api_key(&state, &id, input, &operator(req)).await?;
     Ok((StatusCode::CREATED, Json(issued)))
