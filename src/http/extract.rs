@@ -17,11 +17,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        // The bytes are read once (under the body limit) and kept for the NUL check.
+        let headers = req.headers().clone();
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        let mut buffered = Request::new(axum::body::Body::from(bytes.clone()));
+        *buffered.headers_mut() = headers;
+        match axum::Json::<T>::from_request(buffered, state).await {
+            Ok(axum::Json(v)) => {
+                refuse_nul(&bytes)?;
+                Ok(ApiJson(v))
+            }
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// 422 when a string of a valid JSON body holds U+0000: PostgreSQL `text` cannot store it (the insert failed
+/// with a 500), and no field of this API has a use for it. In valid JSON it can only be the escape `\u0000`
+/// (raw control bytes are a syntax error), whose backslash is not itself escaped.
+pub fn refuse_nul(json: &[u8]) -> Result<(), ApiError> {
+    let nul = json
+        .windows(6)
+        .enumerate()
+        .any(|(i, w)| w == b"\\u0000" && json[..i].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 0);
+    if nul {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            "a text field holds the NUL character (\\u0000), which is not allowed; remove it",
+        ));
+    }
+    Ok(())
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
@@ -96,3 +121,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ReqId {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::refuse_nul;
+
+    #[test]
+    fn only_a_real_nul_escape_is_refused() {
+        assert!(refuse_nul(br#"{"name": "a\u0000b"}"#).is_err());
+        assert!(refuse_nul(br#"{"a\u0000": 1}"#).is_err());
+        assert!(refuse_nul(br#"{"name": "\\\u0000"}"#).is_err());
+        // An escaped backslash followed by the text `u0000`, and other escapes, are data.
+        assert!(refuse_nul(br#"{"name": "\\u0000"}"#).is_ok());
+        assert!(refuse_nul(br#"{"name": "\u0001 \u00000 u0000"}"#).is_err());
+        assert!(refuse_nul(br#"{"name": "\u0001 u0000 %00"}"#).is_ok());
+    }
+}

@@ -75,6 +75,7 @@ pub async fn create_key(
                 ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
             }
         })?;
+        super::extract::refuse_nul(&body)?;
         input
     };
     let issued = tenancy::create_api_key(&state, &id, input, &operator(req)).await?;
