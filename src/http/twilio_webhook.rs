@@ -82,6 +82,10 @@ impl FromRequest<AppState> for TwilioForm {
                 "Twilio webhooks are form-encoded (application/x-www-form-urlencoded)",
             ));
         }
+        // Twilio never sends U+0000, and PostgreSQL `text` cannot store it (a signed request failed with a 500).
+        if params.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            return Err(ApiError::bad_request("malformed_form", "a form field holds the NUL character"));
+        }
         Ok(TwilioForm(params))
     }
 }
