@@ -567,6 +567,35 @@ both_backends! {
         assert!(n >= 90, "{n} cases");
         assert_eq!(changed(&before, &state(&app).await), Vec::<String>::new(), "a refused Twilio request changed nothing");
 
+        // Genuine (signed) requests whose fields hold hostile values: handled as data or refused, never a 5xx;
+        // a refusal changes nothing.
+        let mut serial = 0;
+        for (path, params) in &endpoints {
+            for field in 0..params.len() {
+                for (vlabel, value) in hostile() {
+                    serial += 1;
+                    let mut p = own(params);
+                    if field != 0 {
+                        p[0].1 = format!("{}{serial}", p[0].1); // a fresh MessageSid / CallSid
+                    }
+                    p[field].1 = value.clone();
+                    let sig = twilio_signature::compute(&format!("{APP_URL}{path}"), &p, TW_TOKEN);
+                    let headers = [("Content-Type", "application/x-www-form-urlencoded"), ("X-Twilio-Signature", sig.as_str())];
+                    let before = state(&app).await;
+                    let (s, res) = raw(&app, "POST", path, &headers, enc(&p).as_bytes()).await;
+                    let what = format!("{path} {} = {vlabel}", p[field].0);
+                    assert!(s.is_success() || s.is_client_error(), "{what}: {s} {res}");
+                    if s.is_client_error() {
+                        error_code(&res);
+                        assert_eq!(changed(&before, &state(&app).await), Vec::<String>::new(), "{what}: refused, yet changed");
+                    }
+                    if value.contains('\0') {
+                        assert_refused(&what, s, &res, StatusCode::BAD_REQUEST, "malformed_form");
+                    }
+                }
+            }
+        }
+
         // Replays: a genuine inbound SMS / call applies once; the same request again changes nothing.
         for (path, params) in &endpoints[..2] {
             let params = own(params);
@@ -669,7 +698,7 @@ both_backends! {
         // (label, token, method, path, base body, field pointer, kind, echo pointer in the answer, tables an
         // accepted value may change)
         type Case = (&'static str, String, Method, String, Value, &'static str, Field, &'static str, &'static [&'static str]);
-        let mut n_tenant = 0;
+        let mut serial = 0; // makes ids, names and phones unique where the schema wants them unique
         let cases: Vec<Case> = vec![
             ("tenant id", op.clone(), Method::POST, "/api/tenants".into(), json!({"id": "", "name": "N"}), "/id", Field::Refused(unprocessable, "invalid_field"), "", &[]),
             ("tenant name", op.clone(), Method::POST, "/api/tenants".into(), json!({"id": "", "name": ""}), "/name", Field::Name, "/name", &["tenants", "system_audit_logs"]),
@@ -709,16 +738,15 @@ both_backends! {
             for (vlabel, value) in hostile() {
                 let mut body = base.clone();
                 *body.pointer_mut(pointer).unwrap() = Value::String(value.clone());
-                // Unique values where uniqueness is checked (ids, names, phones).
-                n_tenant += 1;
+                serial += 1;
                 if body.get("id").is_some_and(|v| v == "") {
-                    body["id"] = json!(format!("hostile{n_tenant}"));
+                    body["id"] = json!(format!("hostile{serial}"));
                 }
                 if body.get("name").is_some_and(|v| v == "") {
-                    body["name"] = json!(format!("N{n_tenant}"));
+                    body["name"] = json!(format!("N{serial}"));
                 }
                 if body.get("phone").is_some_and(|v| v == "") {
-                    body["phone"] = json!(format!("514 555 {:04}", 1000 + n_tenant));
+                    body["phone"] = json!(format!("514 555 {:04}", 1000 + serial));
                 }
                 let before = state(&app).await;
                 let (s, res) = app.send(method.clone(), path, Some(token), Some(body.clone())).await;
