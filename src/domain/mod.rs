@@ -8,5 +8,6 @@ pub mod sms_segments;
 pub mod sms_status;
 pub mod stripe_signature;
 pub mod tenant;
+pub mod twilio_form;
 pub mod twilio_signature;
 pub mod twiml;

@@ -203,6 +203,10 @@ pub async fn procedure(
         Ok(s) => s,
         Err(res) => return res,
     };
+    // PostgreSQL `text` cannot store U+0000 (the audit row of a hostile tenant or event id failed with a 500).
+    if [&form.to, &form.body, &form.tenant_id, &form.event_id].into_iter().flatten().any(|v| v.contains('\0')) {
+        return ApiError::bad_request("invalid_field", "a form field holds the NUL character").into_response();
+    }
     let mut details = serde_json::Map::new();
     let mut subject = None;
     let (action, result): (&'static str, procedures::ProcedureResult) = match name.as_str() {

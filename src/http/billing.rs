@@ -1,12 +1,11 @@
 //! Billing routes: tenant-admin checkout/sites/portal/subscription, the Stripe webhook, and the sync trigger.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::Json;
 
-use super::extract::{ApiJson, ReqId};
+use super::extract::{ApiBytes, ApiJson, ReqId};
 use crate::auth::TenantAdmin;
 use crate::billing::service::{self, CheckoutRequest, SitesRequest};
 use crate::billing::webhook;
@@ -48,7 +47,7 @@ pub async fn subscription(State(state): State<AppState>, admin: TenantAdmin) -> 
 pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<impl IntoResponse> {
     let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     let result = webhook::receive(&state, signature, &body).await;

@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(refuse_unreadable_target))
         .layer(middleware::from_fn(record_latency))
         .layer(middleware::from_fn(database_scope))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -164,6 +165,45 @@ async fn record_latency(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     crate::metrics::http_request(&route, res.status().as_u16(), started.elapsed().as_secs_f64());
     res
+}
+
+/// Percent-decoded bytes of a path or query (`+` left as is: only NUL and UTF-8 are checked).
+fn percent_decoded(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// 400 for a path that does not decode to UTF-8 (axum answered in plain text) or decodes to a NUL, and for a
+/// query that decodes to a NUL: PostgreSQL `text` cannot hold U+0000, so such ids failed with a 500.
+async fn refuse_unreadable_target(req: Request, next: Next) -> Response {
+    let path = percent_decoded(req.uri().path());
+    if std::str::from_utf8(&path).is_err() || path.contains(&0) {
+        return ApiError::bad_request(
+            "invalid_path",
+            "the path is not valid: once percent-decoded it must be UTF-8 without NUL characters",
+        )
+        .into_response();
+    }
+    if req.uri().query().is_some_and(|q| percent_decoded(q).contains(&0)) {
+        return ApiError::bad_request("invalid_query", "the query string must not contain NUL characters (%00)")
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use super::extract::{ApiJson, ReqId};
+use super::extract::{ApiBytes, ApiJson, ReqId};
 use crate::auth::Operator;
 use crate::db::{api_keys, tenants};
 use crate::error::{ApiError, ApiResult};
@@ -62,15 +62,21 @@ pub async fn create_key(
     _: Operator,
     req: ReqId,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<impl IntoResponse> {
     // The body is optional here: no body means the default label.
     let input: NewApiKey = if body.iter().all(u8::is_ascii_whitespace) {
         NewApiKey::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::unprocessable("invalid_body", format!("the JSON body does not have the expected fields: {e}"))
-        })?
+        let input = serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                ApiError::unprocessable("invalid_body", format!("the JSON body does not have the expected fields: {e}"))
+            } else {
+                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+            }
+        })?;
+        super::extract::refuse_nul(&body)?;
+        input
     };
     let issued = tenancy::create_api_key(&state, &id, input, &operator(req)).await?;
     Ok((StatusCode::CREATED, Json(issued)))

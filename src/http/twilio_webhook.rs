@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::domain::twilio_form;
 use crate::domain::twilio_signature::{self, TwilioSignatureError};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -62,18 +63,13 @@ impl FromRequest<AppState> for TwilioForm {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let signature =
             req.headers().get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        let is_form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        let is_form = twilio_form::is_form(req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
         let body = axum::body::Bytes::from_request(req, state).await.map_err(|_| {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
         })?;
         let params: Vec<(String, String)> = if is_form {
-            serde_urlencoded::from_bytes(&body)
-                .map_err(|_| ApiError::bad_request("malformed_form", "the body is not a valid form encoding"))?
+            twilio_form::decode(&body).map_err(|e| ApiError::bad_request("malformed_form", e.to_string()))?
         } else {
             Vec::new()
         };
@@ -87,6 +83,10 @@ impl FromRequest<AppState> for TwilioForm {
                 "unsupported_media_type",
                 "Twilio webhooks are form-encoded (application/x-www-form-urlencoded)",
             ));
+        }
+        // Twilio never sends U+0000, and PostgreSQL `text` cannot store it (a signed request failed with a 500).
+        if params.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            return Err(ApiError::bad_request("malformed_form", "a form field holds the NUL character"));
         }
         Ok(TwilioForm(params))
     }
