@@ -104,6 +104,15 @@ pub async fn alert_messages(db: &Db, tenant_id: &str, alert_id: &str) -> Result<
     ).bind(tenant_id).bind(alert_id).fetch_all(p).await)
 }
 
+/// Store `status` as the aggregate of an alert whose aggregate the caller knows without reading its messages
+/// (one of them in flight: see `domain::sms_status::aggregate`).
+pub async fn set_alert_status(tx: &mut Tx, alert_id: &str, status: &str, now: i64) -> Result<(), sqlx::Error> {
+    on_tx!(tx, c => sqlx::query(
+        "UPDATE sms_alerts SET status = $2, updated_at = $3 WHERE id = $1 AND status <> $2"
+    ).bind(alert_id).bind(status).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
 /// Recompute and store the aggregate status of an alert from its messages.
 pub async fn refresh_alert_status(tx: &mut Tx, alert_id: &str, now: i64) -> Result<(), sqlx::Error> {
     use crate::domain::sms_status::{aggregate, MessageStatus};

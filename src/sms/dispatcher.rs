@@ -116,6 +116,7 @@ async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> an
         if !sms::record_final(&mut tx, &m, owner, "canceled", Some(reason), None, now).await? {
             return Ok(None);
         }
+        update_alert(&mut tx, &m, false, now).await?;
         finish(&mut tx, state, &m, "canceled", None, Some(reason), now).await?;
         tx.commit().await?;
         return Ok(Some(Recorded::Canceled));
@@ -132,7 +133,8 @@ async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> an
                 return Ok(None);
             }
             // Callbacks that arrived before we knew the SID.
-            apply_pending(&mut tx, &m.id, sid, now).await?;
+            let status = apply_pending(&mut tx, &m.id, sid, now).await?;
+            update_alert(&mut tx, &m, status == MessageStatus::Sending, now).await?;
             finish(&mut tx, state, &m, "sending", Some(sid), None, now).await?;
             Recorded::Accepted
         }
@@ -140,6 +142,7 @@ async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> an
             if !sms::record_final(&mut tx, &m, owner, "simulated", None, None, now).await? {
                 return Ok(None);
             }
+            update_alert(&mut tx, &m, false, now).await?;
             finish(&mut tx, state, &m, "simulated", None, None, now).await?;
             Recorded::Simulated
         }
@@ -148,6 +151,7 @@ async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> an
                 if !sms::record_final(&mut tx, &m, owner, "failed", Some(code), Some(message), now).await? {
                     return Ok(None);
                 }
+                update_alert(&mut tx, &m, false, now).await?;
                 finish(&mut tx, state, &m, "failed", None, Some(code), now).await?;
                 Recorded::Failed
             } else {
@@ -166,6 +170,7 @@ async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> an
             if code == "21610" {
                 record_carrier_opt_out(&mut tx, &m, now).await?;
             }
+            update_alert(&mut tx, &m, false, now).await?;
             finish(&mut tx, state, &m, "failed", None, Some(code), now).await?;
             Recorded::Failed
         }
@@ -174,8 +179,8 @@ async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> an
     Ok(Some(recorded))
 }
 
-/// Apply the callbacks stored for `sid` before the dispatcher recorded it.
-async fn apply_pending(tx: &mut crate::db::Tx, message_id: &str, sid: &str, now: i64) -> anyhow::Result<()> {
+/// Apply the callbacks stored for `sid` before the dispatcher recorded it; the message's status after them.
+async fn apply_pending(tx: &mut crate::db::Tx, message_id: &str, sid: &str, now: i64) -> anyhow::Result<MessageStatus> {
     let mut status = MessageStatus::Sending;
     let mut error_code = None;
     for (raw, code) in sms::pending_events(tx, sid).await? {
@@ -188,10 +193,24 @@ async fn apply_pending(tx: &mut crate::db::Tx, message_id: &str, sid: &str, now:
         sms::set_status(tx, message_id, status.as_str(), error_code.as_deref(), now).await?;
     }
     sms::mark_events_applied(tx, sid).await?;
+    Ok(status)
+}
+
+/// The alert's aggregate after recording `m`. While `m` itself is in flight (`sending`) the aggregate is `sending`
+/// whatever the alert's other messages are (`domain::sms_status::aggregate`), so they are not read: reading them
+/// all for each message made the fan-out of an alert of n messages read n² rows.
+async fn update_alert(tx: &mut crate::db::Tx, m: &Claimed, in_flight: bool, now: i64) -> anyhow::Result<()> {
+    if let Some(alert) = &m.alert_id {
+        if in_flight {
+            sms::set_alert_status(tx, alert, "sending", now).await?;
+        } else {
+            sms::refresh_alert_status(tx, alert, now).await?;
+        }
+    }
     Ok(())
 }
 
-/// The alert aggregate and the audit row of a recorded outcome.
+/// The audit row (and metrics) of a recorded outcome.
 async fn finish(
     tx: &mut crate::db::Tx,
     state: &AppState,
@@ -201,9 +220,6 @@ async fn finish(
     error_code: Option<&str>,
     now: i64,
 ) -> anyhow::Result<()> {
-    if let Some(alert) = &m.alert_id {
-        sms::refresh_alert_status(tx, alert, now).await?;
-    }
     crate::metrics::sms_outcome(&m.kind, status);
     let outcome = match status {
         "failed" => Outcome::Failure,
