@@ -341,6 +341,9 @@ pub async fn create_alert(
         }));
     audit::append(&mut tx, &entry, now).await?;
     tx.commit().await?;
+    if queued > 0 {
+        state.dispatch_wakeup.notify_one();
+    }
     tracing::info!(alert_id, kind, queued, skipped, "SMS alert queued");
     Ok(response)
 }
@@ -448,6 +451,9 @@ pub async fn send_test(
         .details(json!({ "kind": "test", "to": masked, "segments": info.segments, "status": status }));
     audit::append(&mut tx, &entry, now).await?;
     tx.commit().await?;
+    if blocked.is_none() {
+        state.dispatch_wakeup.notify_one();
+    }
     Ok(response)
 }
 

@@ -50,12 +50,16 @@ fn lease_ms(state: &AppState) -> i64 {
     (state.settings.sms.provider_timeout_ms as i64).saturating_mul(2) + 30_000
 }
 
-/// One dispatch pass at `now`.
+/// One dispatch pass at `now` (at most `SMS_DISPATCH_RATE_PER_SECOND` messages).
 pub async fn run_once(state: &AppState, now: i64) -> anyhow::Result<DispatchReport> {
+    run_pass(state, now, state.settings.sms.dispatch_rate_per_second as usize).await
+}
+
+/// One dispatch pass at `now` of at most `limit` messages.
+pub async fn run_pass(state: &AppState, now: i64, limit: usize) -> anyhow::Result<DispatchReport> {
     let limits = &state.settings.sms;
     let owner = state.instance_id.to_string();
-    let claimed =
-        sms::claim(&state.db, now, now + lease_ms(state), &owner, i64::from(limits.dispatch_rate_per_second)).await?;
+    let claimed = sms::claim(&state.db, now, now + lease_ms(state), &owner, limit as i64).await?;
     let mut report = DispatchReport { claimed: claimed.len(), ..Default::default() };
     if claimed.is_empty() {
         return Ok(report);
@@ -280,28 +284,67 @@ async fn record_carrier_opt_out(tx: &mut crate::db::Tx, m: &Claimed, now: i64) -
     Ok(())
 }
 
-/// The background dispatcher of `serve`: a pass at most once per second (the configured rate), until `stop`.
+impl DispatchReport {
+    fn add(&mut self, r: &DispatchReport) {
+        self.claimed += r.claimed;
+        self.accepted += r.accepted;
+        self.simulated += r.simulated;
+        self.retried += r.retried;
+        self.failed += r.failed;
+        self.canceled += r.canceled;
+        self.lost += r.lost;
+    }
+}
+
+/// The background dispatcher of `serve`: at most `SMS_DISPATCH_RATE_PER_SECOND` messages per second, until `stop`.
+///
+/// Each second's budget is spent in short passes of a few messages per permit rather than one pass of the whole
+/// budget: every pass claims emergencies first, so an emergency queued behind a backlog waits for one short pass,
+/// not for a second's worth of general messages. When nothing is due, the loop sleeps until the next second or
+/// until a message is queued in this process (`AppState::dispatch_wakeup`), whichever comes first.
 pub async fn run_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     tracing::info!(provider = state.sms.name(), "SMS dispatcher started");
+    let rate = (state.settings.sms.dispatch_rate_per_second as usize).max(1);
+    let pass = (state.settings.sms.dispatch_concurrency as usize).saturating_mul(4).clamp(1, rate);
     loop {
-        let started = tokio::time::Instant::now();
-        let full = match run_once(&state, state.now()).await {
-            Ok(r) => {
-                if r.claimed > 0 {
-                    tracing::info!(?r, "SMS dispatch pass");
+        let window_end = tokio::time::Instant::now() + Duration::from_secs(1);
+        let mut budget = rate;
+        let mut idle = false;
+        let mut window = DispatchReport::default();
+        while budget > 0 && tokio::time::Instant::now() < window_end && !*stop.borrow() {
+            let limit = pass.min(budget);
+            match run_pass(&state, state.now(), limit).await {
+                Ok(r) => {
+                    window.add(&r);
+                    budget -= r.claimed.min(budget);
+                    if r.claimed < limit {
+                        idle = true;
+                        break;
+                    }
                 }
-                r.claimed >= state.settings.sms.dispatch_rate_per_second as usize
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "SMS dispatch pass failed");
+                    idle = true;
+                    break;
+                }
             }
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "SMS dispatch pass failed");
-                false
-            }
+        }
+        if window.claimed > 0 {
+            tracing::info!(r = ?window, "SMS dispatch");
+        }
+        // Budget spent: the next second. Nothing due (or the store failed): poll in a second unless woken first.
+        // Otherwise (the second ran out with budget left) go on at once.
+        let wait = if idle {
+            Duration::from_secs(1)
+        } else if budget == 0 {
+            window_end.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            Duration::ZERO
         };
-        // A full batch: the next one a second after this one started (the rate); otherwise poll every second.
-        let wait = if full { Duration::from_secs(1).saturating_sub(started.elapsed()) } else { Duration::from_secs(1) };
         tokio::select! {
             _ = stop.changed() => break,
             _ = tokio::time::sleep(wait) => {}
+            _ = state.dispatch_wakeup.notified(), if idle => {}
         }
         if *stop.borrow() {
             break;
