@@ -186,12 +186,19 @@ fn row_hash(r: &AuditRow) -> String {
     hex::encode(h.finalize())
 }
 
-/// Append `entry` inside `tx`; it commits or rolls back with the caller's change.
-pub async fn append(tx: &mut Tx, entry: &Entry, now: i64) -> Result<i64, sqlx::Error> {
+/// Take the lock that serialises appenders until `tx` ends, before the transaction's other locks when it
+/// writes many rows (PostgreSQL only: SQLite's BEGIN IMMEDIATE already serialises writers). [`append`] takes it
+/// too; taking it again in the same transaction is free of waits.
+pub async fn lock_chain(tx: &mut Tx) -> Result<(), sqlx::Error> {
     if let Tx::Postgres(t) = tx {
-        // PostgreSQL only: serialise appenders until commit (SQLite's BEGIN IMMEDIATE already does).
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut **t).await?;
     }
+    Ok(())
+}
+
+/// Append `entry` inside `tx`; it commits or rolls back with the caller's change.
+pub async fn append(tx: &mut Tx, entry: &Entry, now: i64) -> Result<i64, sqlx::Error> {
+    lock_chain(tx).await?;
     let last: Option<(i64, String)> = on_tx!(tx, c => sqlx::query_as(
         "SELECT seq, hash FROM system_audit_logs ORDER BY seq DESC LIMIT 1"
     ).fetch_optional(&mut *c).await)?;

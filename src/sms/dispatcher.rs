@@ -68,37 +68,41 @@ pub async fn run_pass(state: &AppState, now: i64, limit: usize) -> anyhow::Resul
     let mut tasks = JoinSet::new();
     for m in claimed {
         let state = state.clone();
-        let owner = owner.clone();
         let permits = permits.clone();
         let span = tracing::info_span!("sms_dispatch", message_id = %m.id, attempt = m.attempts, kind = %m.kind);
         tasks.spawn(
             async move {
                 let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
-                dispatch_one(&state, m, &owner, now).await
+                let sent = send_one(&state, &m).await;
+                (m, sent)
             }
             .instrument(span),
         );
     }
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(Some(kind))) => match kind {
-                Recorded::Accepted => report.accepted += 1,
-                Recorded::Simulated => report.simulated += 1,
-                Recorded::Retried => report.retried += 1,
-                Recorded::Failed => report.failed += 1,
-                Recorded::Canceled => report.canceled += 1,
-            },
-            Ok(Ok(None)) => report.lost += 1,
-            Ok(Err(e)) => {
-                // The lease expires and the message is claimed again: nothing is lost.
-                tracing::error!(error = format!("{e:#}"), "recording an SMS outcome failed");
-                report.lost += 1;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "an SMS dispatch task panicked");
-                report.lost += 1;
+    // Outcomes are recorded as the sends finish, in groups: each transaction takes every send that finished while
+    // the previous one was being recorded. A lone outcome is recorded at once; under load one commit (one fsync,
+    // one turn of the audit-chain lock) serves many messages instead of one each.
+    while let Some(first) = tasks.join_next().await {
+        let mut done = vec![first];
+        while let Some(more) = tasks.try_join_next() {
+            done.push(more);
+        }
+        let mut group = Vec::with_capacity(done.len());
+        for d in done {
+            match d {
+                Ok((m, Ok(sent))) => group.push((m, sent)),
+                Ok((m, Err(e))) => {
+                    // The lease expires and the message is claimed again: nothing is lost.
+                    tracing::error!(message_id = %m.id, error = format!("{e:#}"), "checking an SMS's consent failed");
+                    report.lost += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "an SMS dispatch task panicked");
+                    report.lost += 1;
+                }
             }
         }
+        record_group(state, &owner, group, now, &mut report).await;
     }
     Ok(report)
 }
@@ -111,56 +115,156 @@ enum Recorded {
     Canceled,
 }
 
-async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> anyhow::Result<Option<Recorded>> {
-    // Consent may have been withdrawn (STOP, admin) since the message was queued.
+impl DispatchReport {
+    fn count(&mut self, recorded: Option<Recorded>) {
+        match recorded {
+            Some(Recorded::Accepted) => self.accepted += 1,
+            Some(Recorded::Simulated) => self.simulated += 1,
+            Some(Recorded::Retried) => self.retried += 1,
+            Some(Recorded::Failed) => self.failed += 1,
+            Some(Recorded::Canceled) => self.canceled += 1,
+            None => self.lost += 1,
+        }
+    }
+}
+
+/// What a dispatch task came back with: the consent check's veto, or the provider's answer.
+enum Sent {
+    Blocked(&'static str),
+    Provider(SendOutcome),
+}
+
+/// Check consent again (it may have been withdrawn since the message was queued), then call the provider. No
+/// transaction is open here.
+async fn send_one(state: &AppState, m: &Claimed) -> anyhow::Result<Sent> {
     if let Some(reason) =
         sms::consent_block(&state.db, &m.kind, m.tenant_id.as_deref(), m.worker_id.as_deref(), &m.to_phone).await?
     {
-        let mut tx = state.db.begin().await?;
-        if !sms::record_final(&mut tx, &m, owner, "canceled", Some(reason), None, now).await? {
-            return Ok(None);
-        }
-        update_alert(&mut tx, &m, false, now).await?;
-        finish(&mut tx, state, &m, "canceled", None, Some(reason), now).await?;
-        tx.commit().await?;
-        return Ok(Some(Recorded::Canceled));
+        return Ok(Sent::Blocked(reason));
     }
-
     let body = m.body.clone().unwrap_or_default();
-    let outcome = state.sms.send(&m.to_phone, &body).await;
+    Ok(Sent::Provider(state.sms.send(&m.to_phone, &body).await))
+}
 
+/// Record a group of outcomes in one transaction; if that fails, each in its own, so one bad outcome cannot hold
+/// the others back (an outcome not recorded is lost only until its lease expires and the message is claimed again).
+async fn record_group(
+    state: &AppState,
+    owner: &str,
+    group: Vec<(Claimed, Sent)>,
+    now: i64,
+    report: &mut DispatchReport,
+) {
+    if group.is_empty() {
+        return;
+    }
+    match record_all(state, owner, &group, now).await {
+        Ok(recorded) => recorded.into_iter().for_each(|r| report.count(r)),
+        Err(e) if group.len() > 1 => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                n = group.len(),
+                "recording SMS outcomes together failed; one by one"
+            );
+            for item in group {
+                match record_all(state, owner, std::slice::from_ref(&item), now).await {
+                    Ok(recorded) => recorded.into_iter().for_each(|r| report.count(r)),
+                    Err(e) => {
+                        tracing::error!(message_id = %item.0.id, error = format!("{e:#}"), "recording an SMS outcome failed");
+                        report.lost += 1;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "recording an SMS outcome failed");
+            report.lost += 1;
+        }
+    }
+}
+
+async fn record_all(
+    state: &AppState,
+    owner: &str,
+    group: &[(Claimed, Sent)],
+    now: i64,
+) -> anyhow::Result<Vec<Option<Recorded>>> {
     let mut tx = state.db.begin().await?;
-    let recorded = match &outcome {
+    // Locks in one order, whatever the group holds: the audit chain, then the SIDs (sorted), then rows. A status
+    // callback takes only its SID's lock before rows, so neither it nor another instance's group can deadlock
+    // with this one.
+    audit::lock_chain(&mut tx).await?;
+    let mut sids: Vec<&str> = group
+        .iter()
+        .filter_map(|(_, sent)| match sent {
+            Sent::Provider(SendOutcome::Accepted { sid }) => Some(sid.as_str()),
+            _ => None,
+        })
+        .collect();
+    sids.sort_unstable();
+    sids.dedup();
+    for sid in sids {
+        sms::lock_sid(&mut tx, sid).await?;
+    }
+    let mut recorded = Vec::with_capacity(group.len());
+    for (m, sent) in group {
+        recorded.push(record_one(&mut tx, state, m, sent, owner, now).await?);
+    }
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// Record one outcome in `tx` (the caller holds the SID's lock). `None`: the lease was lost to a newer claim and
+/// nothing was written for this message.
+async fn record_one(
+    tx: &mut crate::db::Tx,
+    state: &AppState,
+    m: &Claimed,
+    sent: &Sent,
+    owner: &str,
+    now: i64,
+) -> anyhow::Result<Option<Recorded>> {
+    let outcome = match sent {
+        Sent::Blocked(reason) => {
+            if !sms::record_final(tx, m, owner, "canceled", Some(reason), None, now).await? {
+                return Ok(None);
+            }
+            update_alert(tx, m, false, now).await?;
+            finish(tx, state, m, "canceled", None, Some(reason), now).await?;
+            return Ok(Some(Recorded::Canceled));
+        }
+        Sent::Provider(outcome) => outcome,
+    };
+    let recorded = match outcome {
         SendOutcome::Accepted { sid } => {
-            sms::lock_sid(&mut tx, sid).await?;
-            if !sms::record_accepted(&mut tx, &m, owner, sid, now).await? {
+            if !sms::record_accepted(tx, m, owner, sid, now).await? {
                 return Ok(None);
             }
             // Callbacks that arrived before we knew the SID.
-            let status = apply_pending(&mut tx, &m.id, sid, now).await?;
-            update_alert(&mut tx, &m, status == MessageStatus::Sending, now).await?;
-            finish(&mut tx, state, &m, "sending", Some(sid), None, now).await?;
+            let status = apply_pending(tx, &m.id, sid, now).await?;
+            update_alert(tx, m, status == MessageStatus::Sending, now).await?;
+            finish(tx, state, m, "sending", Some(sid), None, now).await?;
             Recorded::Accepted
         }
         SendOutcome::Simulated => {
-            if !sms::record_final(&mut tx, &m, owner, "simulated", None, None, now).await? {
+            if !sms::record_final(tx, m, owner, "simulated", None, None, now).await? {
                 return Ok(None);
             }
-            update_alert(&mut tx, &m, false, now).await?;
-            finish(&mut tx, state, &m, "simulated", None, None, now).await?;
+            update_alert(tx, m, false, now).await?;
+            finish(tx, state, m, "simulated", None, None, now).await?;
             Recorded::Simulated
         }
         SendOutcome::Transient { code, message, retry_after_ms } => {
             if m.attempts >= i64::from(state.settings.sms.max_attempts) {
-                if !sms::record_final(&mut tx, &m, owner, "failed", Some(code), Some(message), now).await? {
+                if !sms::record_final(tx, m, owner, "failed", Some(code), Some(message), now).await? {
                     return Ok(None);
                 }
-                update_alert(&mut tx, &m, false, now).await?;
-                finish(&mut tx, state, &m, "failed", None, Some(code), now).await?;
+                update_alert(tx, m, false, now).await?;
+                finish(tx, state, m, "failed", None, Some(code), now).await?;
                 Recorded::Failed
             } else {
                 let next = now + backoff_ms(m.attempts, *retry_after_ms);
-                if !sms::record_retry(&mut tx, &m, owner, next, code, message, now).await? {
+                if !sms::record_retry(tx, m, owner, next, code, message, now).await? {
                     return Ok(None);
                 }
                 tracing::warn!(message_id = %m.id, attempt = m.attempts, code, "SMS send failed; will retry");
@@ -168,18 +272,17 @@ async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> an
             }
         }
         SendOutcome::Permanent { code, message } => {
-            if !sms::record_final(&mut tx, &m, owner, "failed", Some(code), Some(message), now).await? {
+            if !sms::record_final(tx, m, owner, "failed", Some(code), Some(message), now).await? {
                 return Ok(None);
             }
             if code == "21610" {
-                record_carrier_opt_out(&mut tx, &m, now).await?;
+                record_carrier_opt_out(tx, m, now).await?;
             }
-            update_alert(&mut tx, &m, false, now).await?;
-            finish(&mut tx, state, &m, "failed", None, Some(code), now).await?;
+            update_alert(tx, m, false, now).await?;
+            finish(tx, state, m, "failed", None, Some(code), now).await?;
             Recorded::Failed
         }
     };
-    tx.commit().await?;
     Ok(Some(recorded))
 }
 
