@@ -52,14 +52,20 @@ fn lease_ms(state: &AppState) -> i64 {
 
 /// One dispatch pass at `now` (at most `SMS_DISPATCH_RATE_PER_SECOND` messages).
 pub async fn run_once(state: &AppState, now: i64) -> anyhow::Result<DispatchReport> {
-    run_pass(state, now, state.settings.sms.dispatch_rate_per_second as usize).await
+    run_pass(state, now, state.settings.sms.dispatch_rate_per_second as usize, true).await
 }
 
-/// One dispatch pass at `now` of at most `limit` messages.
-pub async fn run_pass(state: &AppState, now: i64, limit: usize) -> anyhow::Result<DispatchReport> {
+/// One dispatch pass at `now` of at most `limit` messages; `expired_leases`: also take over claims whose lease
+/// expired (see `db::sms::claim_due`).
+pub async fn run_pass(
+    state: &AppState,
+    now: i64,
+    limit: usize,
+    expired_leases: bool,
+) -> anyhow::Result<DispatchReport> {
     let limits = &state.settings.sms;
     let owner = state.instance_id.to_string();
-    let claimed = sms::claim(&state.db, now, now + lease_ms(state), &owner, limit as i64).await?;
+    let claimed = sms::claim_due(&state.db, now, now + lease_ms(state), &owner, limit as i64, expired_leases).await?;
     let mut report = DispatchReport { claimed: claimed.len(), ..Default::default() };
     if claimed.is_empty() {
         return Ok(report);
@@ -416,7 +422,9 @@ pub async fn run_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         let mut window = DispatchReport::default();
         while budget > 0 && tokio::time::Instant::now() < window_end && !*stop.borrow() {
             let limit = pass.min(budget);
-            match run_pass(&state, state.now(), limit).await {
+            // Expired leases (a crashed instance's claims) once per second, in the first pass.
+            let first = budget == rate;
+            match run_pass(&state, state.now(), limit, first).await {
                 Ok(r) => {
                     window.add(&r);
                     budget -= r.claimed.min(budget);
