@@ -163,38 +163,55 @@ fn twilio_status(url: &str, token: &str, n: u64, out: &str) -> anyhow::Result<()
 /// The durable-write limit of SQLite here, through the same library and settings as the service (WAL,
 /// synchronous=FULL, BEGIN IMMEDIATE): one writer at a time, so one connection.
 async fn sqlite_limit(file: &str, seconds: f64) -> anyhow::Result<()> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
     use sqlx::{ConnectOptions, Connection};
+    use std::time::{Duration, Instant};
+
+    /// Run `sql` (binding the benchmark row when `row`), retrying while another connection holds a lock that
+    /// SQLite reports at once rather than through the busy timeout (a WAL checkpoint of the running service).
+    async fn exec(conn: &mut SqliteConnection, sql: &str, row: bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut q = sqlx::query(sql);
+            if row {
+                q = q.bind("SMbench").bind("delivered").bind(1i64);
+            }
+            match q.execute(&mut *conn).await {
+                Ok(_) => return Ok(()),
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     // The service made the file and put it in WAL mode, which persists (asking for it again at connect needs a
     // lock that the running service may hold).
     let mut conn = SqliteConnectOptions::new()
         .filename(file)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(std::time::Duration::from_secs(30))
+        .busy_timeout(Duration::from_secs(30))
         .connect()
         .await?;
-    sqlx::query(
+    exec(
+        &mut conn,
         "CREATE TABLE IF NOT EXISTS bench_durable_write (id INTEGER PRIMARY KEY AUTOINCREMENT, \
          twilio_sid TEXT NOT NULL, status TEXT NOT NULL, error_code TEXT, applied INTEGER NOT NULL DEFAULT 0, \
          received_at INTEGER NOT NULL)",
+        false,
     )
-    .execute(&mut conn)
     .await?;
-    sqlx::query("CREATE INDEX IF NOT EXISTS bench_durable_write_sid ON bench_durable_write (twilio_sid)")
-        .execute(&mut conn)
+    exec(&mut conn, "CREATE INDEX IF NOT EXISTS bench_durable_write_sid ON bench_durable_write (twilio_sid)", false)
         .await?;
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut lat = Vec::new();
     while start.elapsed().as_secs_f64() < seconds {
-        let t = std::time::Instant::now();
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
-        sqlx::query("INSERT INTO bench_durable_write (twilio_sid, status, received_at) VALUES ($1, $2, $3)")
-            .bind("SMbench")
-            .bind("delivered")
-            .bind(1i64)
-            .execute(&mut conn)
+        let t = Instant::now();
+        exec(&mut conn, "BEGIN IMMEDIATE", false).await?;
+        exec(&mut conn, "INSERT INTO bench_durable_write (twilio_sid, status, received_at) VALUES ($1, $2, $3)", true)
             .await?;
-        sqlx::query("COMMIT").execute(&mut conn).await?;
+        exec(&mut conn, "COMMIT", false).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let elapsed = start.elapsed().as_secs_f64();
