@@ -135,9 +135,10 @@ fn stripe_events(secret: &str, tenant: &str, n: u64, out: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// The SID of benchmark message `i` (bench/run inserts the matching `sms_messages` rows).
+/// The SID of benchmark message `i`: bench/run inserts the matching `sms_messages` rows with
+/// `'SMbench0000000000000000' || (10000000000 + i)`.
 fn bench_sid(i: u64) -> String {
-    format!("SMbench{i:027}")
+    format!("SMbench0000000000000000{}", 10_000_000_000u64 + i)
 }
 
 fn twilio_status(url: &str, token: &str, n: u64, out: &str) -> anyhow::Result<()> {
