@@ -186,12 +186,19 @@ fn row_hash(r: &AuditRow) -> String {
     hex::encode(h.finalize())
 }
 
-/// Append `entry` inside `tx`; it commits or rolls back with the caller's change.
-pub async fn append(tx: &mut Tx, entry: &Entry, now: i64) -> Result<i64, sqlx::Error> {
+/// Take the lock that serialises appenders until `tx` ends, before the transaction's other locks when it
+/// writes many rows (PostgreSQL only: SQLite's BEGIN IMMEDIATE already serialises writers). [`append`] takes it
+/// too; taking it again in the same transaction is free of waits.
+pub async fn lock_chain(tx: &mut Tx) -> Result<(), sqlx::Error> {
     if let Tx::Postgres(t) = tx {
-        // PostgreSQL only: serialise appenders until commit (SQLite's BEGIN IMMEDIATE already does).
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut **t).await?;
     }
+    Ok(())
+}
+
+/// Append `entry` inside `tx`; it commits or rolls back with the caller's change.
+pub async fn append(tx: &mut Tx, entry: &Entry, now: i64) -> Result<i64, sqlx::Error> {
+    lock_chain(tx).await?;
     // The chain is platform-wide: its tail may be another tenant's row, so read it and link to it in a system
     // window (row-level security would otherwise hide it from a tenant's transaction).
     crate::db::scope::open_window(tx, "audit-chain").await?;

@@ -20,6 +20,8 @@ pub struct AppState {
     /// Outbound HTTP (provider probes): rustls, bounded timeouts.
     pub http: reqwest::Client,
     pub probes: crate::status::ProbeCache,
+    /// Wakes this process's SMS dispatcher when messages were queued (it otherwise polls once per second).
+    pub dispatch_wakeup: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -38,6 +40,7 @@ impl AppState {
             instance_id: new_id("inst").into(),
             http,
             probes: Default::default(),
+            dispatch_wakeup: Default::default(),
         })
     }
 

@@ -236,4 +236,16 @@ mod tests {
             assert_eq!(aggregate(statuses), *want, "{statuses:?}");
         }
     }
+
+    #[test]
+    fn an_alert_with_a_message_in_flight_is_sending_whatever_its_other_messages_are() {
+        // The dispatcher relies on this to skip reading the other messages when it records a send.
+        for a in MessageStatus::ALL {
+            for b in MessageStatus::ALL {
+                for order in [[Sending, a, b], [a, Sending, b], [a, b, Sending]] {
+                    assert_eq!(aggregate(&order), "sending", "{order:?}");
+                }
+            }
+        }
+    }
 }

@@ -219,7 +219,7 @@ pub async fn create_alert(
     let alert_id = new_id("alrt");
     let mut outcomes = Vec::with_capacity(targets.len());
     let mut rows: Vec<(String, &sms::Candidate, Option<&'static str>, String)> = Vec::new();
-    let mut seen_phones: Vec<&str> = Vec::new();
+    let mut seen_phones: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (worker_id, found) in &targets {
         let Some(c) = found else {
             outcomes.push(
@@ -233,10 +233,9 @@ pub async fn create_alert(
             Some("opted_out")
         } else if !c.sms_consent {
             Some("no_consent")
-        } else if seen_phones.contains(&c.phone.as_str()) {
+        } else if !seen_phones.insert(c.phone.as_str()) {
             Some("duplicate_phone")
         } else {
-            seen_phones.push(&c.phone);
             None
         };
         outcomes.push(match reason {
@@ -312,28 +311,26 @@ pub async fn create_alert(
         drop(tx);
         return replay_after_conflict(state, Some(tenant_id), key, &hash, e).await;
     }
-    for (id, c, reason, masked) in &rows {
-        sms::insert_message(
-            &mut tx,
-            &sms::NewMessage {
-                id,
-                alert_id: Some(&alert_id),
-                tenant_id: Some(tenant_id),
-                worker_id: Some(&c.id),
-                kind,
-                priority: priority(kind),
-                to_phone: &c.phone,
-                to_phone_masked: masked,
-                body: &input.body,
-                encoding,
-                segments: i64::from(info.segments),
-                status: if reason.is_some() { "skipped" } else { "queued" },
-                error_code: *reason,
-                at: now,
-            },
-        )
-        .await?;
-    }
+    let messages: Vec<sms::NewMessage<'_>> = rows
+        .iter()
+        .map(|(id, c, reason, masked)| sms::NewMessage {
+            id,
+            alert_id: Some(&alert_id),
+            tenant_id: Some(tenant_id),
+            worker_id: Some(&c.id),
+            kind,
+            priority: priority(kind),
+            to_phone: &c.phone,
+            to_phone_masked: masked,
+            body: &input.body,
+            encoding,
+            segments: i64::from(info.segments),
+            status: if reason.is_some() { "skipped" } else { "queued" },
+            error_code: *reason,
+            at: now,
+        })
+        .collect();
+    sms::insert_messages(&mut tx, &messages).await?;
     let entry = Entry::new(Zone::Sms, "sms_alert_create", actor.name.clone())
         .request_id(actor.request_id.clone())
         .tenant(tenant_id)
@@ -344,6 +341,9 @@ pub async fn create_alert(
         }));
     audit::append(&mut tx, &entry, now).await?;
     tx.commit().await?;
+    if queued > 0 {
+        state.dispatch_wakeup.notify_one();
+    }
     tracing::info!(alert_id, kind, queued, skipped, "SMS alert queued");
     Ok(response)
 }
@@ -451,6 +451,9 @@ pub async fn send_test(
         .details(json!({ "kind": "test", "to": masked, "segments": info.segments, "status": status }));
     audit::append(&mut tx, &entry, now).await?;
     tx.commit().await?;
+    if blocked.is_none() {
+        state.dispatch_wakeup.notify_one();
+    }
     Ok(response)
 }
 

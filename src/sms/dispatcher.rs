@@ -50,16 +50,26 @@ fn lease_ms(state: &AppState) -> i64 {
     (state.settings.sms.provider_timeout_ms as i64).saturating_mul(2) + 30_000
 }
 
-/// One dispatch pass at `now`.
+/// One dispatch pass at `now` (at most `SMS_DISPATCH_RATE_PER_SECOND` messages).
 pub async fn run_once(state: &AppState, now: i64) -> anyhow::Result<DispatchReport> {
-    crate::db::scope::system("sms-dispatcher", dispatch_once(state, now)).await
+    run_pass(state, now, state.settings.sms.dispatch_rate_per_second as usize, true).await
 }
 
-async fn dispatch_once(state: &AppState, now: i64) -> anyhow::Result<DispatchReport> {
+/// One dispatch pass at `now` of at most `limit` messages; `expired_leases`: also take over claims whose lease
+/// expired (see `db::sms::claim_due`). Runs in the dispatcher's system database context.
+pub async fn run_pass(
+    state: &AppState,
+    now: i64,
+    limit: usize,
+    expired_leases: bool,
+) -> anyhow::Result<DispatchReport> {
+    crate::db::scope::system("sms-dispatcher", pass(state, now, limit, expired_leases)).await
+}
+
+async fn pass(state: &AppState, now: i64, limit: usize, expired_leases: bool) -> anyhow::Result<DispatchReport> {
     let limits = &state.settings.sms;
     let owner = state.instance_id.to_string();
-    let claimed =
-        sms::claim(&state.db, now, now + lease_ms(state), &owner, i64::from(limits.dispatch_rate_per_second)).await?;
+    let claimed = sms::claim_due(&state.db, now, now + lease_ms(state), &owner, limit as i64, expired_leases).await?;
     let mut report = DispatchReport { claimed: claimed.len(), ..Default::default() };
     if claimed.is_empty() {
         return Ok(report);
@@ -68,7 +78,6 @@ async fn dispatch_once(state: &AppState, now: i64) -> anyhow::Result<DispatchRep
     let mut tasks = JoinSet::new();
     for m in claimed {
         let state = state.clone();
-        let owner = owner.clone();
         let permits = permits.clone();
         let span = tracing::info_span!("sms_dispatch", message_id = %m.id, attempt = m.attempts, kind = %m.kind);
         // Spawned tasks do not inherit the task-local database scope: carry the dispatcher's system scope over.
@@ -76,31 +85,36 @@ async fn dispatch_once(state: &AppState, now: i64) -> anyhow::Result<DispatchRep
         tasks.spawn(
             crate::db::scope::run(scope, async move {
                 let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
-                dispatch_one(&state, m, &owner, now).await
+                let sent = send_one(&state, &m).await;
+                (m, sent)
             })
             .instrument(span),
         );
     }
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(Some(kind))) => match kind {
-                Recorded::Accepted => report.accepted += 1,
-                Recorded::Simulated => report.simulated += 1,
-                Recorded::Retried => report.retried += 1,
-                Recorded::Failed => report.failed += 1,
-                Recorded::Canceled => report.canceled += 1,
-            },
-            Ok(Ok(None)) => report.lost += 1,
-            Ok(Err(e)) => {
-                // The lease expires and the message is claimed again: nothing is lost.
-                tracing::error!(error = format!("{e:#}"), "recording an SMS outcome failed");
-                report.lost += 1;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "an SMS dispatch task panicked");
-                report.lost += 1;
+    // Outcomes are recorded as the sends finish, in groups: each transaction takes every send that finished while
+    // the previous one was being recorded. A lone outcome is recorded at once; under load one commit (one fsync,
+    // one turn of the audit-chain lock) serves many messages instead of one each.
+    while let Some(first) = tasks.join_next().await {
+        let mut done = vec![first];
+        while let Some(more) = tasks.try_join_next() {
+            done.push(more);
+        }
+        let mut group = Vec::with_capacity(done.len());
+        for d in done {
+            match d {
+                Ok((m, Ok(sent))) => group.push((m, sent)),
+                Ok((m, Err(e))) => {
+                    // The lease expires and the message is claimed again: nothing is lost.
+                    tracing::error!(message_id = %m.id, error = format!("{e:#}"), "checking an SMS's consent failed");
+                    report.lost += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "an SMS dispatch task panicked");
+                    report.lost += 1;
+                }
             }
         }
+        record_group(state, &owner, group, now, &mut report).await;
     }
     Ok(report)
 }
@@ -113,52 +127,156 @@ enum Recorded {
     Canceled,
 }
 
-async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> anyhow::Result<Option<Recorded>> {
-    // Consent may have been withdrawn (STOP, admin) since the message was queued.
+impl DispatchReport {
+    fn count(&mut self, recorded: Option<Recorded>) {
+        match recorded {
+            Some(Recorded::Accepted) => self.accepted += 1,
+            Some(Recorded::Simulated) => self.simulated += 1,
+            Some(Recorded::Retried) => self.retried += 1,
+            Some(Recorded::Failed) => self.failed += 1,
+            Some(Recorded::Canceled) => self.canceled += 1,
+            None => self.lost += 1,
+        }
+    }
+}
+
+/// What a dispatch task came back with: the consent check's veto, or the provider's answer.
+enum Sent {
+    Blocked(&'static str),
+    Provider(SendOutcome),
+}
+
+/// Check consent again (it may have been withdrawn since the message was queued), then call the provider. No
+/// transaction is open here.
+async fn send_one(state: &AppState, m: &Claimed) -> anyhow::Result<Sent> {
     if let Some(reason) =
         sms::consent_block(&state.db, &m.kind, m.tenant_id.as_deref(), m.worker_id.as_deref(), &m.to_phone).await?
     {
-        let mut tx = state.db.begin().await?;
-        if !sms::record_final(&mut tx, &m, owner, "canceled", Some(reason), None, now).await? {
-            return Ok(None);
-        }
-        finish(&mut tx, state, &m, "canceled", None, Some(reason), now).await?;
-        tx.commit().await?;
-        return Ok(Some(Recorded::Canceled));
+        return Ok(Sent::Blocked(reason));
     }
-
     let body = m.body.clone().unwrap_or_default();
-    let outcome = state.sms.send(&m.to_phone, &body).await;
+    Ok(Sent::Provider(state.sms.send(&m.to_phone, &body).await))
+}
 
+/// Record a group of outcomes in one transaction; if that fails, each in its own, so one bad outcome cannot hold
+/// the others back (an outcome not recorded is lost only until its lease expires and the message is claimed again).
+async fn record_group(
+    state: &AppState,
+    owner: &str,
+    group: Vec<(Claimed, Sent)>,
+    now: i64,
+    report: &mut DispatchReport,
+) {
+    if group.is_empty() {
+        return;
+    }
+    match record_all(state, owner, &group, now).await {
+        Ok(recorded) => recorded.into_iter().for_each(|r| report.count(r)),
+        Err(e) if group.len() > 1 => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                n = group.len(),
+                "recording SMS outcomes together failed; one by one"
+            );
+            for item in group {
+                match record_all(state, owner, std::slice::from_ref(&item), now).await {
+                    Ok(recorded) => recorded.into_iter().for_each(|r| report.count(r)),
+                    Err(e) => {
+                        tracing::error!(message_id = %item.0.id, error = format!("{e:#}"), "recording an SMS outcome failed");
+                        report.lost += 1;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "recording an SMS outcome failed");
+            report.lost += 1;
+        }
+    }
+}
+
+async fn record_all(
+    state: &AppState,
+    owner: &str,
+    group: &[(Claimed, Sent)],
+    now: i64,
+) -> anyhow::Result<Vec<Option<Recorded>>> {
     let mut tx = state.db.begin().await?;
-    let recorded = match &outcome {
+    // Locks in one order, whatever the group holds: the audit chain, then the SIDs (sorted), then rows. A status
+    // callback takes only its SID's lock before rows, so neither it nor another instance's group can deadlock
+    // with this one.
+    audit::lock_chain(&mut tx).await?;
+    let mut sids: Vec<&str> = group
+        .iter()
+        .filter_map(|(_, sent)| match sent {
+            Sent::Provider(SendOutcome::Accepted { sid }) => Some(sid.as_str()),
+            _ => None,
+        })
+        .collect();
+    sids.sort_unstable();
+    sids.dedup();
+    for sid in sids {
+        sms::lock_sid(&mut tx, sid).await?;
+    }
+    let mut recorded = Vec::with_capacity(group.len());
+    for (m, sent) in group {
+        recorded.push(record_one(&mut tx, state, m, sent, owner, now).await?);
+    }
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// Record one outcome in `tx` (the caller holds the SID's lock). `None`: the lease was lost to a newer claim and
+/// nothing was written for this message.
+async fn record_one(
+    tx: &mut crate::db::Tx,
+    state: &AppState,
+    m: &Claimed,
+    sent: &Sent,
+    owner: &str,
+    now: i64,
+) -> anyhow::Result<Option<Recorded>> {
+    let outcome = match sent {
+        Sent::Blocked(reason) => {
+            if !sms::record_final(tx, m, owner, "canceled", Some(reason), None, now).await? {
+                return Ok(None);
+            }
+            update_alert(tx, m, false, now).await?;
+            finish(tx, state, m, "canceled", None, Some(reason), now).await?;
+            return Ok(Some(Recorded::Canceled));
+        }
+        Sent::Provider(outcome) => outcome,
+    };
+    let recorded = match outcome {
         SendOutcome::Accepted { sid } => {
-            sms::lock_sid(&mut tx, sid).await?;
-            if !sms::record_accepted(&mut tx, &m, owner, sid, now).await? {
+            if !sms::record_accepted(tx, m, owner, sid, now).await? {
                 return Ok(None);
             }
             // Callbacks that arrived before we knew the SID.
-            apply_pending(&mut tx, &m.id, sid, now).await?;
-            finish(&mut tx, state, &m, "sending", Some(sid), None, now).await?;
+            let status = apply_pending(tx, &m.id, sid, now).await?;
+            update_alert(tx, m, status == MessageStatus::Sending, now).await?;
+            finish(tx, state, m, "sending", Some(sid), None, now).await?;
             Recorded::Accepted
         }
         SendOutcome::Simulated => {
-            if !sms::record_final(&mut tx, &m, owner, "simulated", None, None, now).await? {
+            if !sms::record_final(tx, m, owner, "simulated", None, None, now).await? {
                 return Ok(None);
             }
-            finish(&mut tx, state, &m, "simulated", None, None, now).await?;
+            update_alert(tx, m, false, now).await?;
+            finish(tx, state, m, "simulated", None, None, now).await?;
             Recorded::Simulated
         }
         SendOutcome::Transient { code, message, retry_after_ms } => {
             if m.attempts >= i64::from(state.settings.sms.max_attempts) {
-                if !sms::record_final(&mut tx, &m, owner, "failed", Some(code), Some(message), now).await? {
+                if !sms::record_final(tx, m, owner, "failed", Some(code), Some(message), now).await? {
                     return Ok(None);
                 }
-                finish(&mut tx, state, &m, "failed", None, Some(code), now).await?;
+                update_alert(tx, m, false, now).await?;
+                finish(tx, state, m, "failed", None, Some(code), now).await?;
                 Recorded::Failed
             } else {
                 let next = now + backoff_ms(m.attempts, *retry_after_ms);
-                if !sms::record_retry(&mut tx, &m, owner, next, code, message, now).await? {
+                if !sms::record_retry(tx, m, owner, next, code, message, now).await? {
                     return Ok(None);
                 }
                 tracing::warn!(message_id = %m.id, attempt = m.attempts, code, "SMS send failed; will retry");
@@ -166,22 +284,22 @@ async fn dispatch_one(state: &AppState, m: Claimed, owner: &str, now: i64) -> an
             }
         }
         SendOutcome::Permanent { code, message } => {
-            if !sms::record_final(&mut tx, &m, owner, "failed", Some(code), Some(message), now).await? {
+            if !sms::record_final(tx, m, owner, "failed", Some(code), Some(message), now).await? {
                 return Ok(None);
             }
             if code == "21610" {
-                record_carrier_opt_out(&mut tx, &m, now).await?;
+                record_carrier_opt_out(tx, m, now).await?;
             }
-            finish(&mut tx, state, &m, "failed", None, Some(code), now).await?;
+            update_alert(tx, m, false, now).await?;
+            finish(tx, state, m, "failed", None, Some(code), now).await?;
             Recorded::Failed
         }
     };
-    tx.commit().await?;
     Ok(Some(recorded))
 }
 
-/// Apply the callbacks stored for `sid` before the dispatcher recorded it.
-async fn apply_pending(tx: &mut crate::db::Tx, message_id: &str, sid: &str, now: i64) -> anyhow::Result<()> {
+/// Apply the callbacks stored for `sid` before the dispatcher recorded it; the message's status after them.
+async fn apply_pending(tx: &mut crate::db::Tx, message_id: &str, sid: &str, now: i64) -> anyhow::Result<MessageStatus> {
     let mut status = MessageStatus::Sending;
     let mut error_code = None;
     for (raw, code) in sms::pending_events(tx, sid).await? {
@@ -194,10 +312,24 @@ async fn apply_pending(tx: &mut crate::db::Tx, message_id: &str, sid: &str, now:
         sms::set_status(tx, message_id, status.as_str(), error_code.as_deref(), now).await?;
     }
     sms::mark_events_applied(tx, sid).await?;
+    Ok(status)
+}
+
+/// The alert's aggregate after recording `m`. While `m` itself is in flight (`sending`) the aggregate is `sending`
+/// whatever the alert's other messages are (`domain::sms_status::aggregate`), so they are not read: reading them
+/// all for each message made the fan-out of an alert of n messages read n² rows.
+async fn update_alert(tx: &mut crate::db::Tx, m: &Claimed, in_flight: bool, now: i64) -> anyhow::Result<()> {
+    if let Some(alert) = &m.alert_id {
+        if in_flight {
+            sms::set_alert_status(tx, alert, "sending", now).await?;
+        } else {
+            sms::refresh_alert_status(tx, alert, now).await?;
+        }
+    }
     Ok(())
 }
 
-/// The alert aggregate and the audit row of a recorded outcome.
+/// The audit row (and metrics) of a recorded outcome.
 async fn finish(
     tx: &mut crate::db::Tx,
     state: &AppState,
@@ -207,9 +339,6 @@ async fn finish(
     error_code: Option<&str>,
     now: i64,
 ) -> anyhow::Result<()> {
-    if let Some(alert) = &m.alert_id {
-        sms::refresh_alert_status(tx, alert, now).await?;
-    }
     crate::metrics::sms_outcome(&m.kind, status);
     let outcome = match status {
         "failed" => Outcome::Failure,
@@ -270,28 +399,69 @@ async fn record_carrier_opt_out(tx: &mut crate::db::Tx, m: &Claimed, now: i64) -
     Ok(())
 }
 
-/// The background dispatcher of `serve`: a pass at most once per second (the configured rate), until `stop`.
+impl DispatchReport {
+    fn add(&mut self, r: &DispatchReport) {
+        self.claimed += r.claimed;
+        self.accepted += r.accepted;
+        self.simulated += r.simulated;
+        self.retried += r.retried;
+        self.failed += r.failed;
+        self.canceled += r.canceled;
+        self.lost += r.lost;
+    }
+}
+
+/// The background dispatcher of `serve`: at most `SMS_DISPATCH_RATE_PER_SECOND` messages per second, until `stop`.
+///
+/// Each second's budget is spent in short passes of a few messages per permit rather than one pass of the whole
+/// budget: every pass claims emergencies first, so an emergency queued behind a backlog waits for one short pass,
+/// not for a second's worth of general messages. When nothing is due, the loop sleeps until the next second or
+/// until a message is queued in this process (`AppState::dispatch_wakeup`), whichever comes first.
 pub async fn run_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     tracing::info!(provider = state.sms.name(), "SMS dispatcher started");
+    let rate = (state.settings.sms.dispatch_rate_per_second as usize).max(1);
+    let pass = (state.settings.sms.dispatch_concurrency as usize).saturating_mul(4).clamp(1, rate);
     loop {
-        let started = tokio::time::Instant::now();
-        let full = match run_once(&state, state.now()).await {
-            Ok(r) => {
-                if r.claimed > 0 {
-                    tracing::info!(?r, "SMS dispatch pass");
+        let window_end = tokio::time::Instant::now() + Duration::from_secs(1);
+        let mut budget = rate;
+        let mut idle = false;
+        let mut window = DispatchReport::default();
+        while budget > 0 && tokio::time::Instant::now() < window_end && !*stop.borrow() {
+            let limit = pass.min(budget);
+            // Expired leases (a crashed instance's claims) once per second, in the first pass.
+            let first = budget == rate;
+            match run_pass(&state, state.now(), limit, first).await {
+                Ok(r) => {
+                    window.add(&r);
+                    budget -= r.claimed.min(budget);
+                    if r.claimed < limit {
+                        idle = true;
+                        break;
+                    }
                 }
-                r.claimed >= state.settings.sms.dispatch_rate_per_second as usize
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "SMS dispatch pass failed");
+                    idle = true;
+                    break;
+                }
             }
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "SMS dispatch pass failed");
-                false
-            }
+        }
+        if window.claimed > 0 {
+            tracing::info!(r = ?window, "SMS dispatch");
+        }
+        // Budget spent: the next second. Nothing due (or the store failed): poll in a second unless woken first.
+        // Otherwise (the second ran out with budget left) go on at once.
+        let wait = if idle {
+            Duration::from_secs(1)
+        } else if budget == 0 {
+            window_end.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            Duration::ZERO
         };
-        // A full batch: the next one a second after this one started (the rate); otherwise poll every second.
-        let wait = if full { Duration::from_secs(1).saturating_sub(started.elapsed()) } else { Duration::from_secs(1) };
         tokio::select! {
             _ = stop.changed() => break,
             _ = tokio::time::sleep(wait) => {}
+            _ = state.dispatch_wakeup.notified(), if idle => {}
         }
         if *stop.borrow() {
             break;
