@@ -192,10 +192,7 @@ async fn tenant_isolation(state: &AppState) -> Check {
             t,
         );
     };
-    let role: Result<(String, bool, bool), sqlx::Error> =
-        sqlx::query_as("SELECT rolname::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
-            .fetch_one(p)
-            .await;
+    let role = state.db.role().await;
     let tables: Result<(i64, Vec<String>, i64), sqlx::Error> = sqlx::query_as(
         "SELECT COUNT(*), COALESCE(array_agg(c.relname::text ORDER BY c.relname)
                     FILTER (WHERE NOT (c.relrowsecurity AND c.relforcerowsecurity)), '{}'),
@@ -206,7 +203,8 @@ async fn tenant_isolation(state: &AppState) -> Check {
     .fetch_one(p)
     .await;
     let ((role, superuser, bypass), (total, unprotected, owned)) = match (role, tables) {
-        (Ok(r), Ok(tb)) => (r, tb),
+        (Ok(Some(r)), Ok(tb)) => ((r.name, r.superuser, r.bypass_rls), tb),
+        (Ok(None), _) => unreachable!("a PostgreSQL pool has a role"),
         (Err(e), _) | (_, Err(e)) => {
             return check(
                 "tenant_isolation",

@@ -156,21 +156,27 @@ impl Db {
     /// PostgreSQL: refuse a connection whose role skips row-level security (a superuser or a BYPASSRLS role), so
     /// the service never runs with tenant isolation silently off. SQLite: nothing to check.
     pub async fn check_runtime_role(&self) -> anyhow::Result<()> {
-        let Db::Postgres(p) = self else { return Ok(()) };
-        let (role, superuser, bypass): (String, bool, bool) =
-            sqlx::query_as("SELECT rolname::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
-                .fetch_one(p)
-                .await
-                .context("reading the database role")?;
-        if superuser || bypass {
+        let Some(role) = self.role().await.context("reading the database role")? else { return Ok(()) };
+        if role.superuser || role.bypass_rls {
             anyhow::bail!(
-                "DATABASE_URL connects as role {role}, which {} row-level security, so tenant isolation would be \
+                "DATABASE_URL connects as role {}, which {} row-level security, so tenant isolation would be \
                  off; connect as the runtime role (a member of secur360_runtime; README \"PostgreSQL roles\") and \
                  give the owner role to DATABASE_OWNER_URL for migrations",
-                if superuser { "is a superuser and bypasses" } else { "has BYPASSRLS and bypasses" }
+                role.name,
+                if role.superuser { "is a superuser and bypasses" } else { "has BYPASSRLS and bypasses" }
             );
         }
         Ok(())
+    }
+
+    /// The PostgreSQL role this pool connects as (`None` on SQLite, which has no roles).
+    pub async fn role(&self) -> Result<Option<Role>, sqlx::Error> {
+        let Db::Postgres(p) = self else { return Ok(None) };
+        let (name, superuser, bypass_rls): (String, bool, bool) =
+            sqlx::query_as("SELECT rolname::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+                .fetch_one(p)
+                .await?;
+        Ok(Some(Role { name, superuser, bypass_rls }))
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
@@ -203,6 +209,14 @@ impl Tx {
             Tx::Postgres(_) => Backend::Postgres,
         }
     }
+}
+
+/// A PostgreSQL role as far as row-level security is concerned.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub superuser: bool,
+    pub bypass_rls: bool,
 }
 
 /// Backend-neutral classification of database errors (never SQLSTATE text).

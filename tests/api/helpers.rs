@@ -140,11 +140,22 @@ pub async fn spawn_app_at(backend: Backend, vars: &[(String, String)], clock: Cl
     for (k, v) in vars {
         env.insert(k.to_string(), v.to_string());
     }
+    start_instance(backend, db, env, clock, dir).await
+}
+
+/// Build and serve one instance of the app on `env` (its `DATABASE_URL`). On PostgreSQL it gets its own pool as the
+/// runtime role; `db` (the owner's handle, for inspection) is shared by every instance, and SQLite instances use it.
+async fn start_instance(
+    backend: Backend,
+    db: Db,
+    env: BTreeMap<String, String>,
+    clock: Clock,
+    dir: Option<tempfile::TempDir>,
+) -> TestApp {
     let settings = Settings::from_vars(env.clone()).expect("test settings are valid");
-    // The app gets its own pool as the runtime role (PostgreSQL); `TestApp::db` stays the owner's, for inspection.
     let app_db = match backend {
         Backend::Sqlite => db.clone(),
-        Backend::Postgres => Db::connect(&db_url, 5).await.expect("connect as the runtime role"),
+        Backend::Postgres => Db::connect(settings.database_url.expose(), 5).await.expect("connect as the runtime role"),
     };
     app_db.check_runtime_role().await.expect("the test app runs as a role bound by row-level security");
     let app = Application::build_with(settings, app_db, clock.clone()).await.expect("build app");
@@ -162,32 +173,9 @@ impl TestApp {
     /// A second instance of the service on the same database, as a scaled-out deployment runs it: its own pool,
     /// listener and instance id; the same settings and clock. `TestApp::db` is shared (the owner's handle).
     pub async fn another_instance(&self) -> TestApp {
-        let settings = Settings::from_vars(self.env.clone()).expect("test settings are valid");
-        let app_db = match self.backend {
-            Backend::Sqlite => self.state.db.clone(),
-            Backend::Postgres => {
-                Db::connect(settings.database_url.expose(), 5).await.expect("connect as the runtime role")
-            }
-        };
-        let app = Application::build_with(settings, app_db, self.clock.clone()).await.expect("build app");
-        let address = format!("http://{}", app.local_addr());
-        let state = app.state().clone();
-        assert_ne!(state.instance_id, self.state.instance_id, "each instance has its own id");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(app.run_until(async move {
-            let _ = rx.await;
-        }));
-        TestApp {
-            backend: self.backend,
-            address,
-            db: self.db.clone(),
-            state,
-            clock: self.clock.clone(),
-            client: self.client.clone(),
-            env: self.env.clone(),
-            _dir: None,
-            _shutdown: tx,
-        }
+        let other = start_instance(self.backend, self.db.clone(), self.env.clone(), self.clock.clone(), None).await;
+        assert_ne!(other.state.instance_id, self.state.instance_id, "each instance has its own id");
+        other
     }
 }
 
