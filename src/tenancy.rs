@@ -534,7 +534,7 @@ pub async fn update_worker(
     audit::append(&mut tx, &entry.details(json!({ "changed": changed })), now).await?;
     if let Some(c) = consent_change {
         let entry = actor.entry(Zone::Sms, "consent_change").tenant(tenant_id).subject(id);
-        let details = json!({ "new_consent": c, "source": "admin_api", "phone": Phone::parse(&w.phone).map(|p| p.masked()).ok() });
+        let details = json!({ "new_consent": c, "source": "admin_api", "phone": Phone::mask_stored(&w.phone) });
         audit::append(&mut tx, &entry.details(details), now).await?;
     }
     tx.commit().await?;
@@ -594,7 +594,7 @@ pub async fn record_paper_consent(
     w.updated_at = now;
     workers::save(&mut tx, &w).await?;
     let entry = actor.entry(Zone::Sms, "consent_change").tenant(tenant_id).subject(id);
-    let details = json!({ "new_consent": input.consent, "source": "paper", "phone": Phone::parse(&w.phone).map(|p| p.masked()).ok() });
+    let details = json!({ "new_consent": input.consent, "source": "paper", "phone": Phone::mask_stored(&w.phone) });
     audit::append(&mut tx, &entry.details(details), now).await?;
     tx.commit().await?;
     Ok(w)

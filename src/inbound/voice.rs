@@ -26,7 +26,7 @@ const MISSED_FR: &str = "Nous n'avons pas pu répondre. Envoyez-nous un texto à
 const MISSED_EN: &str = "We could not answer. Please text this number and we will call you back.";
 
 fn masked(raw: &str) -> String {
-    Phone::parse(raw).map(|p| p.masked()).unwrap_or_else(|_| "unknown caller".to_owned())
+    Phone::mask_stored(raw).unwrap_or_else(|| "unknown caller".to_owned())
 }
 
 /// `POST /api/voice/inbound`.

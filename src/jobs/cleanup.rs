@@ -12,7 +12,7 @@ const DAY_MS: i64 = 86_400_000;
 
 /// Mask a stored number for retention; a value that does not parse is replaced entirely.
 fn mask(phone: &str) -> String {
-    Phone::parse(phone).map(|p| p.masked()).unwrap_or_else(|_| "•••".to_owned())
+    Phone::mask_stored(phone).unwrap_or_else(|| "•••".to_owned())
 }
 
 async fn exec(db: &Db, sql: &str, binds: &[i64]) -> Result<u64, sqlx::Error> {

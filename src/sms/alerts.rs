@@ -227,7 +227,7 @@ pub async fn create_alert(
             );
             continue;
         };
-        let masked = Phone::parse(&c.phone).map(|p| p.masked()).unwrap_or_else(|_| "+•••".into());
+        let masked = Phone::mask_stored(&c.phone).unwrap_or_else(|| "+•••".into());
         // A withdrawal in the ledger (STOP, carrier, admin) is reported as such, before a consent never given.
         let reason = if c.ledger_consent == Some(false) {
             Some("opted_out")
