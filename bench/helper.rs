@@ -7,6 +7,8 @@
 //! bench_helper twilio-sign URL TOKEN FORM  X-Twilio-Signature of a form body (the service's own code)
 //! bench_helper twilio-status URL TOKEN N OUT  N signed delivery callbacks for SIDs SMbench…0..N-1, one per line:
 //!                                          "<X-Twilio-Signature>\t<form body>", for bench/presigned.lua
+//! bench_helper twilio-voice URL TOKEN N OUT   N signed inbound calls with distinct CallSids CAbench…0..N-1, one
+//!                                          per line: "<X-Twilio-Signature>\t<form body>", for bench/presigned.lua
 //! bench_helper sqlite-limit FILE SECONDS   single-row durable INSERTs, one transaction each, on one connection
 //!                                          with the service's SQLite settings: "tx/s p50_ms p99_ms"
 //! bench_helper stripe-events SECRET TENANT N OUT
@@ -161,6 +163,27 @@ fn twilio_status(url: &str, token: &str, n: u64, out: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// Inbound calls as Twilio posts them to the voice URL, each a new call (a distinct `CallSid`).
+fn twilio_voice(url: &str, token: &str, n: u64, out: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
+    for i in 0..n {
+        let form = vec![
+            ("AccountSid".to_owned(), "AC0123456789abcdef0123456789abcdef".to_owned()),
+            ("CallSid".to_owned(), format!("CAbench000000000000000{}", 10_000_000_000u64 + i)),
+            ("CallStatus".to_owned(), "ringing".to_owned()),
+            ("Direction".to_owned(), "inbound".to_owned()),
+            ("From".to_owned(), format!("+1514{}", 5_550_000 + i % 10_000)),
+            ("To".to_owned(), "+14385550100".to_owned()),
+            ("ApiVersion".to_owned(), "2010-04-01".to_owned()),
+        ];
+        let sig = secur360::domain::twilio_signature::compute(url, &form, token);
+        writeln!(f, "{sig}\t{}", serde_urlencoded::to_string(&form)?)?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
 /// The durable-write limit of SQLite here, through the same library and settings as the service (WAL,
 /// synchronous=FULL, BEGIN IMMEDIATE): one writer at a time, so one connection.
 async fn sqlite_limit(file: &str, seconds: f64) -> anyhow::Result<()> {
@@ -224,7 +247,7 @@ async fn sqlite_limit(file: &str, seconds: f64) -> anyhow::Result<()> {
 }
 
 fn usage() -> anyhow::Result<()> {
-    anyhow::bail!("usage: bench_helper fake-twilio PORT | bare-twiml PORT | twilio-sign URL TOKEN FORM | twilio-status URL TOKEN N OUT | sqlite-limit FILE SECONDS | stripe-events SECRET TENANT N OUT")
+    anyhow::bail!("usage: bench_helper fake-twilio PORT | bare-twiml PORT | twilio-sign URL TOKEN FORM | twilio-status URL TOKEN N OUT | twilio-voice URL TOKEN N OUT | sqlite-limit FILE SECONDS | stripe-events SECRET TENANT N OUT")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -247,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "twilio-status" => twilio_status(&arg(1), &arg(2), arg(3).parse()?, &arg(4)),
+        "twilio-voice" => twilio_voice(&arg(1), &arg(2), arg(3).parse()?, &arg(4)),
         "sqlite-limit" => sqlite_limit(&arg(1), arg(2).parse()?).await,
         "stripe-events" => stripe_events(&arg(1), &arg(2), arg(3).parse()?, &arg(4)),
         _ => usage(),
