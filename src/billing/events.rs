@@ -1,8 +1,9 @@
 //! Applying Stripe events and objects to the local mirror.
 //!
-//! An event is first stored (`billing_events`, once by id), then claimed with a short lease by exactly one
-//! processor, applied in one transaction together with its audit row and its `processed` mark, or marked
-//! `failed` with the error and a next attempt time. [`retry_failed`] re-applies failed, pending and stuck events.
+//! A new webhook event is applied, stored as processed and audited in one commit ([`apply_new`]). Otherwise (a
+//! redelivery, a failure, the daily sync) an event is first stored (`billing_events`, once by id), then claimed
+//! with a short lease by exactly one processor, applied in one transaction together with its audit row and its
+//! `processed` mark, or marked `failed` with the error and a next attempt time. [`retry_failed`] re-applies failed, pending and stuck events.
 //! Any network read (re-fetching the subscription of a completed checkout) happens before the transaction.
 
 use anyhow::{anyhow, bail, Context};
@@ -311,6 +312,17 @@ struct Applied {
     outcome: Outcome,
 }
 
+impl Applied {
+    /// The event's final processing status.
+    fn status(&self) -> &'static str {
+        if self.ignored {
+            "ignored"
+        } else {
+            "processed"
+        }
+    }
+}
+
 /// Network reads an event needs, done before its transaction.
 #[derive(Default)]
 pub struct Prefetched {
@@ -445,26 +457,64 @@ async fn process_claimed(state: &AppState, id: &str, now: i64) -> anyhow::Result
     let pre = prefetch(state, &ev).await?;
     let mut tx = state.db.begin().await?;
     let applied = apply_in(state, &mut tx, &ev, pre, now).await?;
-    let status = if applied.ignored { "ignored" } else { "processed" };
-    if !store::finish_event(&mut tx, id, status, applied.tenant_id.as_deref(), now).await? {
+    if !store::finish_event(&mut tx, id, applied.status(), applied.tenant_id.as_deref(), now).await? {
         bail!("lost the processing lease of event {id}");
     }
-    if !applied.ignored {
-        let (zone, action) =
-            if row.source == "sync" { (Zone::Billing, "sync") } else { (Zone::Stripe, "webhook_event") };
-        let mut entry = Entry::new(zone, action, "stripe").subject(&ev.id).outcome(applied.outcome).details(json!({
-            "type": ev.event_type,
-            "object_id": ev.object_id(),
-            "source": row.source,
-            "applied": applied.changed,
-        }));
-        if let Some(t) = &applied.tenant_id {
-            entry = entry.tenant(t);
-        }
-        audit::append(&mut tx, &entry, now).await?;
-    }
+    audit_applied(&mut tx, &ev, &row.source, &applied, now).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The audit row of an applied event (none for an ignored one), in the transaction that applied it.
+async fn audit_applied(tx: &mut Tx, ev: &Event, source: &str, applied: &Applied, now: i64) -> anyhow::Result<()> {
+    if applied.ignored {
+        return Ok(());
+    }
+    let (zone, action) = if source == "sync" { (Zone::Billing, "sync") } else { (Zone::Stripe, "webhook_event") };
+    let mut entry = Entry::new(zone, action, "stripe").subject(&ev.id).outcome(applied.outcome).details(json!({
+        "type": ev.event_type,
+        "object_id": ev.object_id(),
+        "source": source,
+        "applied": applied.changed,
+    }));
+    if let Some(t) = &applied.tenant_id {
+        entry = entry.tenant(t);
+    }
+    audit::append(tx, &entry, now).await?;
+    Ok(())
+}
+
+/// A new event in one transaction: applied, stored as `processed` (or `ignored`) and audited in one commit,
+/// instead of three (store, claim, apply); `Some(status)` once committed. `None` when that did not happen (the event was already stored —
+/// a redelivery, or a concurrent delivery that committed first — or applying it failed): nothing of this
+/// attempt remains, and the caller takes the stored path ([`process`]), which claims the stored event or stores
+/// it and records a failure for the retries. Either way nothing is answered before a commit.
+pub async fn apply_new(state: &AppState, ev: &Event, row: &EventRow, now: i64) -> Option<&'static str> {
+    match try_apply_new(state, ev, row, now).await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::debug!(event_id = %ev.id, error = %format!("{e:#}"), "one-commit apply failed; taking the stored path");
+            None
+        }
+    }
+}
+
+async fn try_apply_new(state: &AppState, ev: &Event, row: &EventRow, now: i64) -> anyhow::Result<Option<&'static str>> {
+    let pre = prefetch(state, ev).await?;
+    let mut tx = state.db.begin().await?;
+    let applied = apply_in(state, &mut tx, ev, pre, now).await?;
+    let mut stored = row.clone();
+    stored.processing_status = applied.status().to_owned();
+    stored.tenant_id = applied.tenant_id.clone();
+    stored.attempts = 1;
+    stored.processed_at = Some(now);
+    // A unique id: a concurrent delivery of the same event waits here for the other's commit, then finds it.
+    if !store::insert_event_in(&mut tx, &stored).await? {
+        return Ok(None);
+    }
+    audit_applied(&mut tx, ev, &row.source, &applied, now).await?;
+    tx.commit().await?;
+    Ok(Some(applied.status()))
 }
 
 /// Exponential backoff with jitter: 30 s, 1 min, 2 min … capped at one hour.

@@ -1,4 +1,5 @@
-//! Intake of Stripe webhooks: verify the signature over the raw body, store the event once, apply it.
+//! Intake of Stripe webhooks: verify the signature over the raw body, store the event once, apply it (a new
+//! event in one commit with its audit row; see [`events::apply_new`]).
 
 use serde_json::Value;
 
@@ -50,10 +51,16 @@ pub async fn receive(state: &AppState, signature: Option<&str>, body: &[u8]) -> 
         row.processing_status = "ignored".into();
         row.processed_at = Some(now);
     }
-    let inserted = store::insert_event(&state.db, &row).await?;
     if !ev.is_handled() {
+        let inserted = store::insert_event(&state.db, &row).await?;
         return Ok(Receipt { received: true, event_id: ev.id, duplicate: !inserted, status: "ignored" });
     }
+    if let Some(status) = events::apply_new(state, &ev, &row, now).await {
+        return Ok(Receipt { received: true, event_id: ev.id, duplicate: false, status });
+    }
+    // Already stored (a redelivery), or applying it in one go failed: store it (once) and take the stored path,
+    // which claims it, applies it or records the failure for the retries.
+    store::insert_event(&state.db, &row).await?;
     match events::process(state, &ev.id, now).await {
         Ok(Processed::Done) => Ok(Receipt { received: true, event_id: ev.id, duplicate: false, status: "processed" }),
         Ok(Processed::NotMine) => {

@@ -242,6 +242,9 @@ both_backends! {
         let error = text(&app, "SELECT last_error FROM billing_events WHERE stripe_event_id = 'evt_fail'").await.unwrap();
         assert_eq!(status.as_deref(), Some("failed"));
         assert!(error.contains("cus_later"), "{error}");
+        // The one-commit attempt left nothing behind: one stored row, one recorded attempt, no audit row yet.
+        assert_eq!(scalar(&app, "SELECT attempts FROM billing_events WHERE stripe_event_id = 'evt_fail'").await, 1);
+        assert_eq!(scalar(&app, "SELECT COUNT(*) FROM system_audit_logs WHERE subject = 'evt_fail'").await, 0);
         let next = scalar(&app, "SELECT next_attempt_at FROM billing_events WHERE stripe_event_id = 'evt_fail'").await;
         assert!(next > app.state.now());
         assert_eq!(app.count("subscriptions").await, 0);
