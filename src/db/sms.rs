@@ -217,6 +217,63 @@ async fn consent_block_inner(
     Ok((latest == Some(false)).then_some("opted_out"))
 }
 
+/// [`consent_block`] of many messages in one query (the dispatcher reads those of a pass at once): per message,
+/// in order, `None` = may send, `Some(reason)` = must not. Same rules, same reasons.
+pub async fn consent_blocks(db: &Db, messages: &[Claimed]) -> Result<Vec<Option<&'static str>>, sqlx::Error> {
+    super::scope::system("consent-ledger", consent_blocks_inner(db, messages)).await
+}
+
+/// Rows per statement of [`consent_blocks`] (4 parameters each).
+const CONSENT_CHUNK: usize = 250;
+
+async fn consent_blocks_inner(db: &Db, messages: &[Claimed]) -> Result<Vec<Option<&'static str>>, sqlx::Error> {
+    // Per message: alert kinds with a worker are decided by the worker's flag and the ledger of the worker's
+    // phone; a tenant alert without a worker was deleted since it was queued; the others by the ledger of the
+    // recipient's phone (no worker bound: the join finds nothing and the phone is the message's).
+    let mut blocks: Vec<Option<&'static str>> = vec![None; messages.len()];
+    let mut asked: Vec<(i64, Option<&str>, Option<&str>, &str)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let alert = ALERT_KINDS.contains(&m.kind.as_str());
+        match (alert, m.tenant_id.as_deref(), m.worker_id.as_deref()) {
+            (true, Some(t), Some(w)) => asked.push((i as i64, Some(t), Some(w), &m.to_phone)),
+            (true, Some(_), None) => blocks[i] = Some("worker_removed"),
+            _ => asked.push((i as i64, None, None, &m.to_phone)),
+        }
+    }
+    for chunk in asked.chunks(CONSENT_CHUNK) {
+        let rows: Vec<(i64, Option<bool>, Option<bool>)> = on_db!(db, p => {
+            let mut q = sqlx::QueryBuilder::new("WITH m (m_i, m_tenant, m_worker, m_phone) AS (VALUES ");
+            for (k, (i, t, w, phone)) in chunk.iter().enumerate() {
+                q.push(if k == 0 { "(" } else { ", (" });
+                q.push_bind(*i).push(", ").push_bind(*t).push(", ").push_bind(*w).push(", ").push_bind(*phone)
+                    .push(")");
+            }
+            q.push(
+                ") SELECT m_i, w.sms_consent, (SELECT c.new_consent FROM consent_events c \
+                 WHERE c.phone = COALESCE(w.phone, m_phone) AND c.source IN ('keyword', 'carrier_21610') \
+                 ORDER BY c.id DESC LIMIT 1) FROM m LEFT JOIN workers w ON w.tenant_id = m_tenant AND w.id = m_worker",
+            );
+            q.build_query_as().fetch_all(p).await
+        })?;
+        for (i, consent, ledger) in rows {
+            let i = i as usize;
+            let m = &messages[i];
+            let worker_bound = ALERT_KINDS.contains(&m.kind.as_str()) && m.tenant_id.is_some() && m.worker_id.is_some();
+            blocks[i] = if worker_bound {
+                match (consent, ledger) {
+                    (None, _) => Some("worker_removed"),
+                    (_, Some(false)) => Some("opted_out"),
+                    (Some(false), _) => Some("no_consent"),
+                    _ => None,
+                }
+            } else {
+                (ledger == Some(false)).then_some("opted_out")
+            };
+        }
+    }
+    Ok(blocks)
+}
+
 /// Workers holding `phone` in any tenant (carrier 21610 withdraws consent for the number everywhere).
 pub async fn workers_with_phone(tx: &mut Tx, phone: &str) -> Result<Vec<(String, String, bool)>, sqlx::Error> {
     on_tx!(tx, c => sqlx::query_as(
@@ -371,10 +428,12 @@ pub async fn claim_due(
     } else {
         (QUEUED_DUE, "priority DESC, next_attempt_at")
     };
-    let mut tx = db.begin().await?;
+    // One statement in its own implicit transaction (no BEGIN/COMMIT round trips), committed when it returns: the
+    // provider is called afterwards with no transaction open.
     // PostgreSQL: SKIP LOCKED lets concurrent instances claim disjoint rows without waiting on each other.
-    // SQLite: the claim transaction is BEGIN IMMEDIATE, which already serialises writers; no row locks exist.
-    let lock = match tx.backend() {
+    // SQLite: a write statement takes the write lock when it starts (no read-to-write upgrade), which already
+    // serialises writers; no row locks exist.
+    let lock = match db.backend() {
         Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
     };
@@ -385,9 +444,8 @@ pub async fn claim_due(
          RETURNING id, alert_id, tenant_id, worker_id, kind, priority, to_phone, to_phone_masked, body, attempts, \
            next_attempt_at, created_at"
     );
-    let mut rows: Vec<Claimed> = on_tx!(&mut tx, c => sqlx::query_as(&sql)
-        .bind(now).bind(lease_until).bind(owner).bind(limit).fetch_all(&mut *c).await)?;
-    tx.commit().await?;
+    let mut rows: Vec<Claimed> = on_db!(db, p => sqlx::query_as(&sql)
+        .bind(now).bind(lease_until).bind(owner).bind(limit).fetch_all(p).await)?;
     rows.sort_by(|a, b| {
         b.priority
             .cmp(&a.priority)
@@ -397,60 +455,166 @@ pub async fn claim_due(
     Ok(rows)
 }
 
-/// Guard of every outcome update: still ours (a newer claim after an expired lease wins).
-const OURS: &str = "id = $1 AND status = 'sending' AND lease_owner = $2 AND attempts = $3";
-
-/// A verification code is erased from the queue as soon as the message leaves it (accepted or final): only its
-/// hash is kept (phone_verifications). Other bodies wait for the retention scrub.
-const FORGET_CODES: &str = "body = CASE WHEN kind = 'verification' THEN NULL ELSE body END";
-
-/// The provider accepted the message: record the SID and hand it to the status callbacks.
-pub async fn record_accepted(tx: &mut Tx, m: &Claimed, owner: &str, sid: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "UPDATE sms_messages SET twilio_sid = $4, lease_until = NULL, sent_at = $5, status_updated_at = $5, \
-         error_code = NULL, error_message = NULL, {FORGET_CODES} WHERE {OURS}"
-    );
-    let n = on_tx!(tx, c => sqlx::query(&sql).bind(&m.id).bind(owner).bind(m.attempts).bind(sid).bind(now)
-        .execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(n == 1)
+/// What the dispatcher records for one claimed message (see [`record_outcomes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    pub message: &'a Claimed,
+    /// `sending` (the provider accepted it: `sid` is set), `queued` (a retry at `next_attempt_at`), or a final
+    /// status decided here (simulated, canceled, failed).
+    pub status: &'a str,
+    pub sid: Option<&'a str>,
+    pub next_attempt_at: Option<i64>,
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
 }
 
-/// A final outcome decided here (simulated, canceled, failed).
-pub async fn record_final(
-    tx: &mut Tx,
-    m: &Claimed,
-    owner: &str,
-    status: &str,
-    error_code: Option<&str>,
-    error_message: Option<&str>,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "UPDATE sms_messages SET status = $4, error_code = $5, error_message = $6, lease_until = NULL, \
-         status_updated_at = $7, {FORGET_CODES} WHERE {OURS}"
-    );
-    let n = on_tx!(tx, c => sqlx::query(&sql).bind(&m.id).bind(owner).bind(m.attempts).bind(status)
-        .bind(error_code).bind(error_message).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(n == 1)
+impl<'a> Outcome<'a> {
+    /// The provider accepted the message: record the SID and hand it to the status callbacks.
+    pub fn accepted(message: &'a Claimed, sid: &'a str) -> Self {
+        Outcome {
+            message,
+            status: "sending",
+            sid: Some(sid),
+            next_attempt_at: None,
+            error_code: None,
+            error_message: None,
+        }
+    }
+
+    /// A final outcome decided here (simulated, canceled, failed).
+    pub fn settled(
+        message: &'a Claimed,
+        status: &'a str,
+        error_code: Option<&'a str>,
+        error_message: Option<&'a str>,
+    ) -> Self {
+        Outcome { message, status, sid: None, next_attempt_at: None, error_code, error_message }
+    }
+
+    /// A transient failure: back to the queue for `next_attempt_at`.
+    pub fn retry(message: &'a Claimed, next_attempt_at: i64, error_code: &'a str, error_message: &'a str) -> Self {
+        Outcome {
+            message,
+            status: "queued",
+            sid: None,
+            next_attempt_at: Some(next_attempt_at),
+            error_code: Some(error_code),
+            error_message: Some(error_message),
+        }
+    }
 }
 
-/// A transient failure: back to the queue for `next_attempt_at`.
-pub async fn record_retry(
+/// Rows per statement of [`record_outcomes`] (8 parameters each).
+const RECORD_CHUNK: usize = 250;
+
+/// Record the outcomes of claimed messages with one `UPDATE … FROM (VALUES …)` per [`RECORD_CHUNK`] messages,
+/// whatever their kinds. Each row is written only if it is still ours: still `sending`, leased by `owner` for
+/// the same attempt (a newer claim after an expired lease wins). Per outcome, in order: whether it was recorded.
+///
+/// Accepted: the SID, `sent_at`, errors cleared, the lease ended (the owner stays, for the record). Retry: back to
+/// `queued` at `next_attempt_at`, lease and owner cleared. Final: the status and error. A verification code is
+/// erased from the queue as soon as the message leaves it (accepted or final): only its hash is kept
+/// (phone_verifications); other bodies wait for the retention scrub.
+pub async fn record_outcomes(
     tx: &mut Tx,
-    m: &Claimed,
     owner: &str,
-    next_attempt_at: i64,
-    error_code: &str,
-    error_message: &str,
+    outcomes: &[Outcome<'_>],
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "UPDATE sms_messages SET status = 'queued', next_attempt_at = $4, lease_until = NULL, lease_owner = NULL, \
-         error_code = $5, error_message = $6, status_updated_at = $7 WHERE {OURS}"
-    );
-    let n = on_tx!(tx, c => sqlx::query(&sql).bind(&m.id).bind(owner).bind(m.attempts).bind(next_attempt_at)
-        .bind(error_code).bind(error_message).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(n == 1)
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut recorded = std::collections::HashSet::new();
+    for chunk in outcomes.chunks(RECORD_CHUNK) {
+        let ids: Vec<String> = on_tx!(tx, c => {
+            let mut q = sqlx::QueryBuilder::new(
+                "WITH v (v_id, v_attempts, v_status, v_sid, v_next, v_code, v_message) AS (VALUES ",
+            );
+            for (i, o) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.push_bind(o.message.id.as_str()).push(", ").push_bind(o.message.attempts).push(", ")
+                    .push_bind(o.status).push(", ").push_bind(o.sid).push(", ").push_bind(o.next_attempt_at)
+                    .push(", ").push_bind(o.error_code).push(", ").push_bind(o.error_message).push(")");
+            }
+            q.push(") UPDATE sms_messages SET status = v_status, twilio_sid = COALESCE(v_sid, twilio_sid), \
+                    sent_at = CASE WHEN v_sid IS NULL THEN sent_at ELSE ").push_bind(now)
+                .push(" END, next_attempt_at = COALESCE(v_next, next_attempt_at), lease_until = NULL, \
+                    lease_owner = CASE WHEN v_status = 'queued' THEN NULL ELSE lease_owner END, \
+                    error_code = v_code, error_message = v_message, status_updated_at = ").push_bind(now)
+                .push(", body = CASE WHEN kind = 'verification' AND v_status <> 'queued' THEN NULL ELSE body END \
+                    FROM v WHERE id = v_id AND status = 'sending' AND lease_owner = ").push_bind(owner)
+                .push(" AND attempts = v_attempts RETURNING id");
+            q.build_query_scalar().fetch_all(&mut *c).await
+        })?;
+        recorded.extend(ids);
+    }
+    Ok(outcomes.iter().map(|o| recorded.contains(&o.message.id)).collect())
+}
+
+/// Take the advisory locks of `sids` (see [`lock_sid`]) in one statement, in sorted order so that two takers of
+/// several never wait on each other in a cycle. PostgreSQL only.
+pub async fn lock_sids(tx: &mut Tx, sids: &[&str]) -> Result<(), sqlx::Error> {
+    let Tx::Postgres(t) = tx else { return Ok(()) };
+    let mut sorted = sids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.is_empty() {
+        return Ok(());
+    }
+    // The sorted sub-select is not flattened (it has an ORDER BY): the locks are taken row by row in its order.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext(s)) FROM \
+         (SELECT s FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n) AS sorted",
+    )
+    .bind(sorted.as_slice())
+    .execute(&mut **t)
+    .await?;
+    Ok(())
+}
+
+/// A status callback stored before its SID was recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingEvent {
+    pub id: i64,
+    pub twilio_sid: String,
+    pub status: String,
+    pub error_code: Option<String>,
+}
+
+/// Mark applied, and return, the callbacks of `sids` not applied yet, oldest first (the caller holds the SIDs'
+/// locks: [`lock_sids`]). One statement for all.
+pub async fn take_pending_events(tx: &mut Tx, sids: &[&str]) -> Result<Vec<PendingEvent>, sqlx::Error> {
+    let mut events = Vec::new();
+    for chunk in sids.chunks(RECORD_CHUNK) {
+        let rows: Vec<PendingEvent> = on_tx!(tx, c => {
+            let mut q = sqlx::QueryBuilder::new(
+                "UPDATE sms_status_events SET applied = TRUE WHERE applied = FALSE AND twilio_sid IN (",
+            );
+            let mut list = q.separated(", ");
+            for sid in chunk {
+                list.push_bind(*sid);
+            }
+            q.push(") RETURNING id, twilio_sid, status, error_code");
+            q.build_query_as().fetch_all(&mut *c).await
+        })?;
+        events.extend(rows);
+    }
+    events.sort_by_key(|e| e.id);
+    Ok(events)
+}
+
+/// Set the status of several messages (by id) in one statement; an error code given replaces the stored one.
+pub async fn set_statuses(tx: &mut Tx, changes: &[(&str, &str, Option<&str>)], now: i64) -> Result<(), sqlx::Error> {
+    for chunk in changes.chunks(RECORD_CHUNK) {
+        on_tx!(tx, c => {
+            let mut q = sqlx::QueryBuilder::new("WITH v (v_id, v_status, v_code) AS (VALUES ");
+            for (i, (id, status, code)) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.push_bind(*id).push(", ").push_bind(*status).push(", ").push_bind(*code).push(")");
+            }
+            q.push(") UPDATE sms_messages SET status = v_status, error_code = COALESCE(v_code, error_code), \
+                    status_updated_at = ").push_bind(now).push(" FROM v WHERE id = v_id");
+            q.build().execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 //! `run_once(state, now)` does one pass (at most `SMS_DISPATCH_RATE_PER_SECOND` messages); `run_loop` repeats
 //! it at most once per second in `serve`. Tests call `run_once` with a chosen `now`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,10 @@ use crate::state::AppState;
 /// First retry delay; doubled per attempt, capped, with jitter.
 const BACKOFF_BASE_MS: i64 = 30_000;
 const BACKOFF_CAP_MS: i64 = 3_600_000;
+
+/// How old the pass's consent read may be when a message's provider call starts; past it the message reads its
+/// recipient's consent again (one query) before the call.
+const CONSENT_MAX_AGE_MS: u64 = 1_000;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct DispatchReport {
@@ -74,9 +79,21 @@ async fn pass(state: &AppState, now: i64, limit: usize, expired_leases: bool) ->
     if claimed.is_empty() {
         return Ok(report);
     }
+    // Consent is checked again just before sending: for the whole pass in one query, before any of its calls. A
+    // message whose turn comes later than `CONSENT_MAX_AGE_MS` after that read (a slow provider) reads its own again.
+    let consent = match sms::consent_blocks(&state.db, &claimed).await {
+        Ok(blocks) => blocks,
+        Err(e) => {
+            // The leases expire and the messages are claimed again: nothing is lost.
+            tracing::error!(error = format!("{e:#}"), n = claimed.len(), "checking the consent of claimed SMS failed");
+            report.lost += claimed.len();
+            return Ok(report);
+        }
+    };
+    let consent_read = tokio::time::Instant::now();
     let permits = Arc::new(Semaphore::new(limits.dispatch_concurrency as usize));
     let mut tasks = JoinSet::new();
-    for m in claimed {
+    for (m, block) in claimed.into_iter().zip(consent) {
         let state = state.clone();
         let permits = permits.clone();
         let span = tracing::info_span!("sms_dispatch", message_id = %m.id, attempt = m.attempts, kind = %m.kind);
@@ -84,8 +101,12 @@ async fn pass(state: &AppState, now: i64, limit: usize, expired_leases: bool) ->
         let scope = crate::db::scope::current();
         tasks.spawn(
             crate::db::scope::run(scope, async move {
+                if let Some(reason) = block {
+                    return (m, Ok(Sent::Blocked(reason)));
+                }
                 let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
-                let sent = send_one(&state, &m).await;
+                let fresh = consent_read.elapsed() <= Duration::from_millis(CONSENT_MAX_AGE_MS);
+                let sent = send_one(&state, &m, fresh).await;
                 (m, sent)
             })
             .instrument(span),
@@ -141,21 +162,31 @@ impl DispatchReport {
 }
 
 /// What a dispatch task came back with: the consent check's veto, or the provider's answer.
-enum Sent {
+pub enum Sent {
     Blocked(&'static str),
     Provider(SendOutcome),
 }
 
-/// Check consent again (it may have been withdrawn since the message was queued), then call the provider. No
-/// transaction is open here.
-async fn send_one(state: &AppState, m: &Claimed) -> anyhow::Result<Sent> {
-    if let Some(reason) =
-        sms::consent_block(&state.db, &m.kind, m.tenant_id.as_deref(), m.worker_id.as_deref(), &m.to_phone).await?
-    {
-        return Ok(Sent::Blocked(reason));
+/// Call the provider for a message whose consent the pass found (re-read here unless `fresh`: it may have been
+/// withdrawn since). No transaction is open here.
+async fn send_one(state: &AppState, m: &Claimed, fresh: bool) -> anyhow::Result<Sent> {
+    if !fresh {
+        let (kind, tenant, worker) = (&m.kind, m.tenant_id.as_deref(), m.worker_id.as_deref());
+        if let Some(reason) = sms::consent_block(&state.db, kind, tenant, worker, &m.to_phone).await? {
+            return Ok(Sent::Blocked(reason));
+        }
     }
     let body = m.body.clone().unwrap_or_default();
     Ok(Sent::Provider(state.sms.send(&m.to_phone, &body).await))
+}
+
+/// The recording half of a pass, for a group of messages this instance claimed and tried (tests drive it with
+/// chosen outcomes): one transaction for the group, one by one if that fails.
+pub async fn record(state: &AppState, group: Vec<(Claimed, Sent)>, now: i64) -> DispatchReport {
+    let mut report = DispatchReport { claimed: group.len(), ..Default::default() };
+    let owner = state.instance_id.to_string();
+    crate::db::scope::system("sms-dispatcher", record_group(state, &owner, group, now, &mut report)).await;
+    report
 }
 
 /// Record a group of outcomes in one transaction; if that fails, each in its own, so one bad outcome cannot hold
@@ -195,151 +226,170 @@ async fn record_group(
     }
 }
 
+/// What one outcome becomes once recorded: the row update, the report's count, the audit row's fields.
+struct Plan<'a> {
+    outcome: sms::Outcome<'a>,
+    recorded: Recorded,
+    /// Status, SID and error code of the audit row (retries have none: the message goes back to the queue).
+    audit: Option<(&'static str, Option<&'a str>, Option<&'a str>)>,
+}
+
+fn plan<'a>(state: &AppState, m: &'a Claimed, sent: &'a Sent, now: i64) -> Plan<'a> {
+    use sms::Outcome as O;
+    let outcome = match sent {
+        Sent::Blocked(reason) => {
+            return Plan {
+                outcome: O::settled(m, "canceled", Some(reason), None),
+                recorded: Recorded::Canceled,
+                audit: Some(("canceled", None, Some(reason))),
+            }
+        }
+        Sent::Provider(outcome) => outcome,
+    };
+    match outcome {
+        SendOutcome::Accepted { sid } => Plan {
+            outcome: O::accepted(m, sid),
+            recorded: Recorded::Accepted,
+            audit: Some(("sending", Some(sid.as_str()), None)),
+        },
+        SendOutcome::Simulated => Plan {
+            outcome: O::settled(m, "simulated", None, None),
+            recorded: Recorded::Simulated,
+            audit: Some(("simulated", None, None)),
+        },
+        SendOutcome::Transient { code, message, .. } if m.attempts >= i64::from(state.settings.sms.max_attempts) => {
+            Plan {
+                outcome: O::settled(m, "failed", Some(code.as_str()), Some(message.as_str())),
+                recorded: Recorded::Failed,
+                audit: Some(("failed", None, Some(code.as_str()))),
+            }
+        }
+        SendOutcome::Transient { code, message, retry_after_ms } => Plan {
+            outcome: O::retry(m, now + backoff_ms(m.attempts, *retry_after_ms), code, message),
+            recorded: Recorded::Retried,
+            audit: None,
+        },
+        SendOutcome::Permanent { code, message } => Plan {
+            outcome: O::settled(m, "failed", Some(code.as_str()), Some(message.as_str())),
+            recorded: Recorded::Failed,
+            audit: Some(("failed", None, Some(code.as_str()))),
+        },
+    }
+}
+
+/// Record a group of outcomes in one transaction with set-based statements: whatever the group's size, one
+/// update of the messages, one statement for the SIDs' locks and one taking their early callbacks, one update of
+/// each affected alert, then the audit rows. Per message, in order: what it was recorded as, `None` when the
+/// lease was lost to a newer claim and nothing was written for it.
 async fn record_all(
     state: &AppState,
     owner: &str,
     group: &[(Claimed, Sent)],
     now: i64,
 ) -> anyhow::Result<Vec<Option<Recorded>>> {
+    let plans: Vec<Plan> = group.iter().map(|(m, sent)| plan(state, m, sent, now)).collect();
     let mut tx = state.db.begin().await?;
     // Locks in one order, whatever the group holds: the audit chain, then the SIDs (sorted), then rows. A status
     // callback takes only its SID's lock before rows, so neither it nor another instance's group can deadlock
-    // with this one.
+    // with this one. (The group's only use of the chain lock: `append_audit` takes it again, waiting for nothing.)
     audit::lock_chain(&mut tx).await?;
-    let mut sids: Vec<&str> = group
+    let sids: Vec<&str> = plans.iter().filter_map(|p| p.outcome.sid).collect();
+    sms::lock_sids(&mut tx, &sids).await?;
+    let outcomes: Vec<sms::Outcome> = plans.iter().map(|p| p.outcome).collect();
+    let written = sms::record_outcomes(&mut tx, owner, &outcomes, now).await?;
+
+    // Callbacks that arrived before we knew the SIDs: applied now, in the order they came.
+    let recorded_sids: Vec<&str> =
+        plans.iter().zip(&written).filter(|(_, w)| **w).filter_map(|(p, _)| p.outcome.sid).collect();
+    let mut after: HashMap<String, (MessageStatus, Option<String>)> = HashMap::new();
+    if !recorded_sids.is_empty() {
+        for e in sms::take_pending_events(&mut tx, &recorded_sids).await? {
+            let (status, code) = after.entry(e.twilio_sid).or_insert((MessageStatus::Sending, None));
+            if let Some(next) = MessageStatus::from_twilio(&e.status).and_then(|s| transition(*status, s)) {
+                *status = next;
+                *code = e.error_code.or(code.take());
+            }
+        }
+    }
+    let moved: Vec<(&str, &str, Option<&str>)> = plans
         .iter()
-        .filter_map(|(_, sent)| match sent {
-            Sent::Provider(SendOutcome::Accepted { sid }) => Some(sid.as_str()),
-            _ => None,
+        .zip(&written)
+        .filter(|(_, w)| **w)
+        .filter_map(|(p, _)| {
+            let (status, code) = after.get(p.outcome.sid?)?;
+            (*status != MessageStatus::Sending)
+                .then(|| (p.outcome.message.id.as_str(), status.as_str(), code.as_deref()))
         })
         .collect();
-    sids.sort_unstable();
-    sids.dedup();
-    for sid in sids {
-        sms::lock_sid(&mut tx, sid).await?;
+    if !moved.is_empty() {
+        sms::set_statuses(&mut tx, &moved, now).await?;
     }
-    let mut recorded = Vec::with_capacity(group.len());
-    for (m, sent) in group {
-        recorded.push(record_one(&mut tx, state, m, sent, owner, now).await?);
-    }
-    tx.commit().await?;
-    Ok(recorded)
-}
 
-/// Record one outcome in `tx` (the caller holds the SID's lock). `None`: the lease was lost to a newer claim and
-/// nothing was written for this message.
-async fn record_one(
-    tx: &mut crate::db::Tx,
-    state: &AppState,
-    m: &Claimed,
-    sent: &Sent,
-    owner: &str,
-    now: i64,
-) -> anyhow::Result<Option<Recorded>> {
-    let outcome = match sent {
-        Sent::Blocked(reason) => {
-            if !sms::record_final(tx, m, owner, "canceled", Some(reason), None, now).await? {
-                return Ok(None);
-            }
-            update_alert(tx, m, false, now).await?;
-            finish(tx, state, m, "canceled", None, Some(reason), now).await?;
-            return Ok(Some(Recorded::Canceled));
-        }
-        Sent::Provider(outcome) => outcome,
-    };
-    let recorded = match outcome {
-        SendOutcome::Accepted { sid } => {
-            if !sms::record_accepted(tx, m, owner, sid, now).await? {
-                return Ok(None);
-            }
-            // Callbacks that arrived before we knew the SID.
-            let status = apply_pending(tx, &m.id, sid, now).await?;
-            update_alert(tx, m, status == MessageStatus::Sending, now).await?;
-            finish(tx, state, m, "sending", Some(sid), None, now).await?;
-            Recorded::Accepted
-        }
-        SendOutcome::Simulated => {
-            if !sms::record_final(tx, m, owner, "simulated", None, None, now).await? {
-                return Ok(None);
-            }
-            update_alert(tx, m, false, now).await?;
-            finish(tx, state, m, "simulated", None, None, now).await?;
-            Recorded::Simulated
-        }
-        SendOutcome::Transient { code, message, retry_after_ms } => {
-            if m.attempts >= i64::from(state.settings.sms.max_attempts) {
-                if !sms::record_final(tx, m, owner, "failed", Some(code), Some(message), now).await? {
-                    return Ok(None);
-                }
-                update_alert(tx, m, false, now).await?;
-                finish(tx, state, m, "failed", None, Some(code), now).await?;
-                Recorded::Failed
-            } else {
-                let next = now + backoff_ms(m.attempts, *retry_after_ms);
-                if !sms::record_retry(tx, m, owner, next, code, message, now).await? {
-                    return Ok(None);
-                }
-                tracing::warn!(message_id = %m.id, attempt = m.attempts, code, "SMS send failed; will retry");
-                Recorded::Retried
-            }
-        }
-        SendOutcome::Permanent { code, message } => {
-            if !sms::record_final(tx, m, owner, "failed", Some(code), Some(message), now).await? {
-                return Ok(None);
-            }
-            if code == "21610" {
-                record_carrier_opt_out(tx, m, now).await?;
-            }
-            update_alert(tx, m, false, now).await?;
-            finish(tx, state, m, "failed", None, Some(code), now).await?;
-            Recorded::Failed
-        }
-    };
-    Ok(Some(recorded))
-}
-
-/// Apply the callbacks stored for `sid` before the dispatcher recorded it; the message's status after them.
-async fn apply_pending(tx: &mut crate::db::Tx, message_id: &str, sid: &str, now: i64) -> anyhow::Result<MessageStatus> {
-    let mut status = MessageStatus::Sending;
-    let mut error_code = None;
-    for (raw, code) in sms::pending_events(tx, sid).await? {
-        if let Some(next) = MessageStatus::from_twilio(&raw).and_then(|s| transition(status, s)) {
-            status = next;
-            error_code = code.or(error_code);
+    for ((m, sent), _) in group.iter().zip(&written).filter(|(_, w)| **w) {
+        if matches!(sent, Sent::Provider(SendOutcome::Permanent { code, .. }) if code == "21610") {
+            record_carrier_opt_out(&mut tx, m, now).await?;
         }
     }
-    if status != MessageStatus::Sending {
-        sms::set_status(tx, message_id, status.as_str(), error_code.as_deref(), now).await?;
-    }
-    sms::mark_events_applied(tx, sid).await?;
-    Ok(status)
-}
 
-/// The alert's aggregate after recording `m`. While `m` itself is in flight (`sending`) the aggregate is `sending`
-/// whatever the alert's other messages are (`domain::sms_status::aggregate`), so they are not read: reading them
-/// all for each message made the fan-out of an alert of n messages read n² rows.
-async fn update_alert(tx: &mut crate::db::Tx, m: &Claimed, in_flight: bool, now: i64) -> anyhow::Result<()> {
-    if let Some(alert) = &m.alert_id {
+    // Each affected alert's aggregate once, in id order. While one of its messages is in flight (`sending`) the
+    // aggregate is `sending` whatever the others are (`domain::sms_status::aggregate`), so they are not read;
+    // otherwise it is recomputed from the distinct statuses of its messages.
+    let mut alerts: BTreeMap<&str, bool> = BTreeMap::new();
+    for (p, _) in plans.iter().zip(&written).filter(|(p, w)| **w && p.audit.is_some()) {
+        if let Some(alert) = &p.outcome.message.alert_id {
+            let in_flight =
+                p.outcome.sid.is_some_and(|sid| after.get(sid).is_none_or(|(s, _)| *s == MessageStatus::Sending));
+            *alerts.entry(alert.as_str()).or_default() |= in_flight;
+        }
+    }
+    for (alert, in_flight) in alerts {
         if in_flight {
-            sms::set_alert_status(tx, alert, "sending", now).await?;
+            sms::set_alert_status(&mut tx, alert, "sending", now).await?;
         } else {
-            sms::refresh_alert_status(tx, alert, now).await?;
+            sms::refresh_alert_status(&mut tx, alert, now).await?;
         }
+    }
+
+    let entries: Vec<Entry> = plans
+        .iter()
+        .zip(&written)
+        .filter(|(_, w)| **w)
+        .filter_map(|(p, _)| {
+            p.audit.map(|(status, sid, code)| audit_entry(state, p.outcome.message, status, sid, code))
+        })
+        .collect();
+    append_audit(&mut tx, &entries, now).await?;
+    tx.commit().await?;
+
+    Ok(plans
+        .into_iter()
+        .zip(written)
+        .map(|(p, w)| {
+            if !w {
+                return None;
+            }
+            let m = p.outcome.message;
+            match p.audit {
+                Some((status, _, _)) => crate::metrics::sms_outcome(&m.kind, status),
+                None => tracing::warn!(
+                    message_id = %m.id, attempt = m.attempts, code = p.outcome.error_code, "SMS send failed; will retry"
+                ),
+            }
+            Some(p.recorded)
+        })
+        .collect())
+}
+
+/// The audit rows of a group, in order. (One call to switch to a multi-row append.)
+async fn append_audit(tx: &mut crate::db::Tx, entries: &[Entry], now: i64) -> Result<(), sqlx::Error> {
+    for entry in entries {
+        audit::append(tx, entry, now).await?;
     }
     Ok(())
 }
 
-/// The audit row (and metrics) of a recorded outcome.
-async fn finish(
-    tx: &mut crate::db::Tx,
-    state: &AppState,
-    m: &Claimed,
-    status: &str,
-    sid: Option<&str>,
-    error_code: Option<&str>,
-    now: i64,
-) -> anyhow::Result<()> {
-    crate::metrics::sms_outcome(&m.kind, status);
+/// The audit row of a recorded outcome.
+fn audit_entry(state: &AppState, m: &Claimed, status: &str, sid: Option<&str>, error_code: Option<&str>) -> Entry {
     let outcome = match status {
         "failed" => Outcome::Failure,
         "sending" => Outcome::Success,
@@ -355,8 +405,7 @@ async fn finish(
     if let Some(t) = &m.tenant_id {
         entry = entry.tenant(t);
     }
-    audit::append(tx, &entry, now).await?;
-    Ok(())
+    entry
 }
 
 /// Twilio 21610: the recipient replied STOP to our sender. Withdraw consent for that phone everywhere and

@@ -13,6 +13,7 @@ mod billing_webhooks;
 mod cdp;
 mod cli;
 mod consent_flow;
+mod dispatch_groups;
 mod fake_stripe;
 mod fake_twilio;
 mod faults;

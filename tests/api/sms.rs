@@ -484,7 +484,8 @@ sms_tests! {
         assert_eq!(scalar_i64(&app, "SELECT attempts FROM sms_messages WHERE id = $1", &id).await, 2);
         // The dead instance's late outcome cannot overwrite the new claim's.
         let mut tx = app.db.begin().await.unwrap();
-        assert!(!sms_db::record_final(&mut tx, &claimed[0], "inst_dead", "failed", Some("x"), None, T0).await.unwrap());
+        let late = sms_db::Outcome::settled(&claimed[0], "failed", Some("x"), None);
+        assert_eq!(sms_db::record_outcomes(&mut tx, "inst_dead", &[late], T0).await.unwrap(), [false]);
         tx.commit().await.unwrap();
         assert_eq!(message_status(&app, &id).await, "sending");
     }
