@@ -202,10 +202,9 @@ async fn record_all(
     now: i64,
 ) -> anyhow::Result<Vec<Option<Recorded>>> {
     let mut tx = state.db.begin().await?;
-    // Locks in one order, whatever the group holds: the audit chain, then the SIDs (sorted), then rows. A status
-    // callback takes only its SID's lock before rows, so neither it nor another instance's group can deadlock
-    // with this one.
-    audit::lock_chain(&mut tx).await?;
+    // Locks in one order, whatever the group holds: the SIDs (sorted), then rows. A status callback takes only
+    // its SID's lock before rows, so neither it nor another instance's group can deadlock with this one. (Audit
+    // rows take no lock: they are sealed into the chain afterwards, audit::seal.)
     let mut sids: Vec<&str> = group
         .iter()
         .filter_map(|(_, sent)| match sent {
