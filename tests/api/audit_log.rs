@@ -228,6 +228,29 @@ both_backends! {
         assert!(report.problems.iter().any(|p| p.contains("missing")), "{report:?}");
     }
 
+    async fn serves_sealer_seals_what_was_written_and_once_more_when_stopping(app) {
+        audit::record(&app.state.db, &Entry::new(Zone::Admin, "login", "tests"), 1_000).await.unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let sealer = tokio::spawn(audit::run_sealer(app.state.db.clone(), stopped));
+        stop.send(true).unwrap();
+        sealer.await.unwrap();
+        let report = audit::verify(&app.db).await.unwrap();
+        assert_eq!((report.ok(), report.rows_checked, report.unsealed), (true, 1, 0), "{report:?}");
+    }
+
+    async fn the_status_warns_about_a_stale_unsealed_backlog(app) {
+        let check = |r: &serde_json::Value| r["checks"].as_array().unwrap().iter().find(|c| c["name"] == "audit_chain").cloned().unwrap();
+        let (_, r) = app.operator(Method::GET, "/api/system/status", None).await;
+        assert_eq!(check(&r)["status"], "healthy", "{r}");
+        audit::record(&app.state.db, &Entry::new(Zone::Admin, "login", "tests"), app.state.now() - 120_000).await.unwrap();
+        let (_, r) = app.operator(Method::GET, "/api/system/status", None).await;
+        let c = check(&r);
+        assert_eq!((c["status"].as_str(), c["data"]["unsealed"].as_i64()), (Some("warning"), Some(1)), "{c}");
+        audit::seal(&app.state.db).await.unwrap();
+        let (_, r) = app.operator(Method::GET, "/api/system/status", None).await;
+        assert_eq!(check(&r)["status"], "healthy", "{r}");
+    }
+
     async fn two_instances_sealing_at_once_build_one_chain(app) {
         let other = app.another_instance().await;
         let mut work = Vec::new();
