@@ -14,7 +14,7 @@ use crate::time::Clock;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    /// Run the background work (scheduler, SMS dispatcher, Stripe retries) in this process. `serve` does;
+    /// Run the background work (scheduler, SMS dispatcher, Stripe retries, audit sealer) in this process. `serve` does;
     /// tests drive jobs and `run_once` directly.
     background: bool,
 }
@@ -59,7 +59,7 @@ impl Application {
         Ok(Application { listener, state: AppState::new(settings, db, clock)?, background: false })
     }
 
-    /// Also run the background work (scheduler, SMS dispatcher, Stripe retries) while serving.
+    /// Also run the background work (scheduler, SMS dispatcher, Stripe retries, audit sealer) while serving.
     pub fn with_background(mut self) -> Self {
         self.background = true;
         self
@@ -85,6 +85,7 @@ impl Application {
             background.push(tokio::spawn(crate::jobs::schedule::run_loop(self.state.clone(), stop_rx.clone())));
             background.push(tokio::spawn(billing_retry_loop(self.state.clone(), stop_rx.clone())));
             background.push(tokio::spawn(crate::sms::dispatcher::run_loop(self.state.clone(), stop_rx.clone())));
+            background.push(tokio::spawn(crate::audit::run_sealer(self.state.db.clone(), stop_rx.clone())));
         }
         tracing::info!(addr = %self.local_addr(), backend = ?self.state.db.backend(), "secur360 listening");
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;

@@ -365,6 +365,43 @@ async fn last_events(state: &AppState, now: i64) -> Vec<Check> {
     out
 }
 
+/// Audit rows not yet sealed into the hash chain (listed, not yet tamper-evident). `serve` seals about once a
+/// second, so a backlog older than [`UNSEALED_WARNING_S`] means the sealer is stopped or failing.
+async fn audit_chain(state: &AppState, now: i64) -> Check {
+    let t = Instant::now();
+    let r: Result<(i64, Option<i64>), sqlx::Error> = on_db!(&state.db, p => sqlx::query_as(
+        "SELECT COUNT(*), MIN(at) FROM system_audit_logs WHERE seq IS NULL"
+    ).fetch_one(p).await);
+    match r {
+        Err(e) => check("audit_chain", Zone::System, Level::Critical, format!("cannot read: {e}"), json!({}), t),
+        Ok((unsealed, oldest)) => {
+            let a = age(now, oldest);
+            let data = json!({ "unsealed": unsealed, "oldest_unsealed_age_seconds": a });
+            match a {
+                None => check("audit_chain", Zone::System, Level::Healthy, "every audit row is sealed", data, t),
+                Some(s) if s > UNSEALED_WARNING_S => check(
+                    "audit_chain",
+                    Zone::System,
+                    Level::Warning,
+                    format!("{unsealed} audit row(s) not sealed into the chain, oldest {s} s: is the sealer running?"),
+                    data,
+                    t,
+                ),
+                Some(s) => check(
+                    "audit_chain",
+                    Zone::System,
+                    Level::Healthy,
+                    format!("{unsealed} recent audit row(s) awaiting sealing (oldest {s} s)"),
+                    data,
+                    t,
+                ),
+            }
+        }
+    }
+}
+
+const UNSEALED_WARNING_S: i64 = 60;
+
 async fn job_checks(state: &AppState) -> Vec<Check> {
     let mut out = Vec::new();
     for job in Job::ALL {
@@ -615,6 +652,7 @@ pub async fn report(state: &AppState) -> Report {
     if checks[1].status != Level::Critical {
         checks.push(tenant_isolation(state).await);
         checks.extend(last_events(state, now).await);
+        checks.push(audit_chain(state, now).await);
         checks.extend(job_checks(state).await);
         checks.extend(sms_checks(state, now).await);
         checks.push(webhook_errors(state).await);

@@ -10,9 +10,9 @@
 //!   or to the operator's system context once the credential is verified ([`enter`]).
 //! - Webhooks (after their signature is verified), jobs, the dispatcher, the CLI and start-up run under
 //!   [`system`], which names why; the writes they make are recorded in the audit log with their actor.
-//! - Inside a tenant transaction, the few reads that are platform-wide by nature (the audit chain's tail, the
-//!   phone owner's STOP/START decisions) open a short [`open_window`] … [`close_window`] system window on that
-//!   transaction only.
+//! - Inside a tenant transaction, the few reads and writes that are platform-wide by nature (an audit row, which
+//!   may carry no tenant; the phone owner's STOP/START decisions) open a short [`open_window`] …
+//!   [`close_window`] system window on that transaction only.
 //!
 //! SQLite has no row-level security: there the application-level binding (every tenant query filters on the
 //! caller's `tenant_id`) is the only isolation, and these settings are not used.

@@ -1,7 +1,7 @@
 //! `/admin/*`: the operator's runbook page (server-rendered with askama, auto-escaped, no JavaScript), its
 //! login/logout, and the procedure buttons (CSRF-protected POST forms that redirect back with the result).
 //!
-//! A procedure's result travels as `?result=<audit seq>`: the page reads that audit row (zone `admin`, written
+//! A procedure's result travels as `?result=<audit row id>`: the page reads that audit row (zone `admin`, written
 //! by the procedure handler) and shows its outcome and message. Nothing from the request is reflected, it works
 //! across instances, and the operator's view is exactly what the audit log recorded.
 
@@ -265,7 +265,7 @@ pub async fn procedure(
         entry = entry.subject(s);
     }
     match audit::record(&state.db, &entry, state.now()).await {
-        Ok(seq) => Redirect::to(&format!("/admin/runbook?result={seq}#procedures")).into_response(),
+        Ok(id) => Redirect::to(&format!("/admin/runbook?result={id}#procedures")).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -305,7 +305,8 @@ struct LatencyView {
 }
 
 struct AuditView {
-    seq: i64,
+    /// The row's insertion id (the listing's order; sealed or not yet).
+    id: i64,
     at: String,
     zone: String,
     action: String,
@@ -357,20 +358,20 @@ fn non_empty(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
-/// The procedure result named by `?result=<seq>`: an admin-zone audit row written by a procedure handler.
+/// The procedure result named by `?result=<id>`: an admin-zone audit row written by a procedure handler.
 async fn procedure_result(
     state: &AppState,
     t: &'static Texts,
-    seq: Option<&str>,
+    id: Option<&str>,
 ) -> Result<Option<ResultView>, sqlx::Error> {
-    let Some(seq) = seq.and_then(|s| s.parse::<i64>().ok()).filter(|s| *s > 0) else { return Ok(None) };
+    let Some(id) = id.and_then(|s| s.parse::<i64>().ok()).filter(|s| *s > 0) else { return Ok(None) };
     let filter = Filter {
         zone: Some(Zone::Admin.as_str().into()),
-        before_seq: Some(seq.saturating_add(1)),
+        before_id: Some(id.saturating_add(1)),
         limit: 1,
         ..Filter::default()
     };
-    let row = audit::query(&state.db, &filter).await?.into_iter().next().filter(|r| r.seq == seq);
+    let row = audit::query(&state.db, &filter).await?.into_iter().next().filter(|r| r.id == id);
     Ok(row.and_then(|r| {
         let details: Value = serde_json::from_str(&r.details).ok()?;
         let procedure = procedure_label(t, details.get("procedure")?.as_str()?).to_owned();
@@ -469,16 +470,16 @@ async fn render_runbook(state: &AppState, session: &SessionRow, q: RunbookQuery)
         zone: zone.clone(),
         action: action.clone(),
         tenant_id: tenant.clone(),
-        before_seq: before,
+        before_id: before,
         limit: AUDIT_PAGE,
         ..Filter::default()
     };
     let rows = audit::query(&state.db, &filter).await?;
-    let older = (rows.len() as i64 == AUDIT_PAGE).then(|| rows.last().map(|r| r.seq)).flatten();
+    let older = (rows.len() as i64 == AUDIT_PAGE).then(|| rows.last().map(|r| r.id)).flatten();
     let audit = rows
         .into_iter()
         .map(|r| AuditView {
-            seq: r.seq,
+            id: r.id,
             at: to_rfc3339(r.at),
             zone: r.zone,
             action: r.action,

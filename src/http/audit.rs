@@ -61,10 +61,10 @@ pub async fn list(
         tenant_id: q.tenant_id,
         from: time("from", q.from.as_deref())?,
         to: time("to", q.to.as_deref())?,
-        before_seq: q.before,
+        before_id: q.before,
         limit,
     };
     let rows = audit::query(&state.db, &filter).await?;
-    let next_before = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.seq)).flatten();
+    let next_before = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id)).flatten();
     Ok(Json(json!({ "entries": rows, "next_before": next_before })))
 }

@@ -114,7 +114,7 @@ async fn pass(state: &AppState, now: i64, limit: usize, expired_leases: bool) ->
     }
     // Outcomes are recorded as the sends finish, in groups: each transaction takes every send that finished while
     // the previous one was being recorded. A lone outcome is recorded at once; under load one commit (one fsync,
-    // one turn of the audit-chain lock) serves many messages instead of one each.
+    // a few set-based statements) serves many messages instead of one each.
     while let Some(first) = tasks.join_next().await {
         let mut done = vec![first];
         while let Some(more) = tasks.try_join_next() {
@@ -289,10 +289,10 @@ async fn record_all(
 ) -> anyhow::Result<Vec<Option<Recorded>>> {
     let plans: Vec<Plan> = group.iter().map(|(m, sent)| plan(state, m, sent, now)).collect();
     let mut tx = state.db.begin().await?;
-    // Locks in one order, whatever the group holds: the audit chain, then the SIDs (sorted), then rows. A status
-    // callback takes only its SID's lock before rows, so neither it nor another instance's group can deadlock
-    // with this one. (The group's only use of the chain lock: `append_audit` takes it again, waiting for nothing.)
-    audit::lock_chain(&mut tx).await?;
+    // Locks in one order, whatever the group holds: the SIDs (sorted), then message rows, then alert rows (in id
+    // order, below). A status callback takes only its SIDs' locks before rows, so neither it nor another
+    // instance's group can deadlock with this one. Audit rows take no lock: they are sealed into the chain
+    // afterwards (`audit::seal`).
     let sids: Vec<&str> = plans.iter().filter_map(|p| p.outcome.sid).collect();
     sms::lock_sids(&mut tx, &sids).await?;
     let outcomes: Vec<sms::Outcome> = plans.iter().map(|p| p.outcome).collect();
@@ -358,7 +358,7 @@ async fn record_all(
             p.audit.map(|(status, sid, code)| audit_entry(state, p.outcome.message, status, sid, code))
         })
         .collect();
-    append_audit(&mut tx, &entries, now).await?;
+    audit::append_many(&mut tx, &entries, now).await?;
     tx.commit().await?;
 
     Ok(plans
@@ -378,14 +378,6 @@ async fn record_all(
             Some(p.recorded)
         })
         .collect())
-}
-
-/// The audit rows of a group, in order. (One call to switch to a multi-row append.)
-async fn append_audit(tx: &mut crate::db::Tx, entries: &[Entry], now: i64) -> Result<(), sqlx::Error> {
-    for entry in entries {
-        audit::append(tx, entry, now).await?;
-    }
-    Ok(())
 }
 
 /// The audit row of a recorded outcome.
