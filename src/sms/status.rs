@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use axum::http::StatusCode;
 
 use crate::db::sms_status::{NewEvent, StatusUpdate};
-use crate::db::{sms, sms_status, Db};
+use crate::db::{sms, sms_status, Db, Tx};
 use crate::domain::sms_status::{aggregate, transition, MessageStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -110,6 +110,24 @@ struct Moving<'a> {
 /// as [`apply_one`] on each callback in turn (callbacks for one SID are applied in the order given; each alert's
 /// aggregate is recomputed once). What became of each callback, in order. An error: nothing was written.
 pub async fn apply_batch(db: &Db, batch: &[Callback]) -> Result<Vec<Applied>, sqlx::Error> {
+    let tx = lock_batch(db, batch).await?;
+    apply_locked(tx, batch).await
+}
+
+/// First step of [`apply_batch`]: a transaction holding the locks of the batch's SIDs (PostgreSQL), taken
+/// before any row, in sorted order as the dispatcher takes them: a callback is either seen by the dispatcher's
+/// read of the pending callbacks of a SID it records, or sees the SID recorded.
+pub async fn lock_batch(db: &Db, batch: &[Callback]) -> Result<Tx, sqlx::Error> {
+    let mut sids: Vec<&str> = batch.iter().map(|c| c.sid.as_str()).collect();
+    sids.sort_unstable();
+    sids.dedup();
+    let mut tx = db.begin().await?;
+    sms_status::lock_sids(&mut tx, &sids).await?;
+    Ok(tx)
+}
+
+/// Second step of [`apply_batch`], in the transaction [`lock_batch`] opened for `batch`.
+pub async fn apply_locked(mut tx: Tx, batch: &[Callback]) -> Result<Vec<Applied>, sqlx::Error> {
     let mut sids: Vec<&str> = batch.iter().map(|c| c.sid.as_str()).collect();
     sids.sort_unstable();
     sids.dedup();
@@ -117,11 +135,6 @@ pub async fn apply_batch(db: &Db, batch: &[Callback]) -> Result<Vec<Applied>, sq
         .iter()
         .map(|c| NewEvent { sid: &c.sid, status: &c.status, error_code: c.error_code.as_deref(), at: c.received_at })
         .collect();
-
-    let mut tx = db.begin().await?;
-    // Locks before rows, SIDs in sorted order (as the dispatcher takes them): a callback is either seen by the
-    // dispatcher's read of the pending callbacks of a SID it records, or sees the SID recorded.
-    sms_status::lock_sids(&mut tx, &sids).await?;
     sms_status::insert_events(&mut tx, &events).await?;
     let rows = sms_status::messages_by_sids(&mut tx, &sids).await?;
     let mut messages: HashMap<&str, Moving> = rows
