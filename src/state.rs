@@ -22,6 +22,8 @@ pub struct AppState {
     pub probes: crate::status::ProbeCache,
     /// Wakes this process's SMS dispatcher when messages were queued (it otherwise polls once per second).
     pub dispatch_wakeup: Arc<tokio::sync::Notify>,
+    /// This instance's status-callback ingest task (group commit; `sms::ingest`).
+    pub status_ingest: crate::sms::ingest::StatusIngest,
 }
 
 impl AppState {
@@ -32,6 +34,7 @@ impl AppState {
             .timeout(std::time::Duration::from_secs(20))
             .user_agent(concat!("secur360/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let status_ingest = crate::sms::ingest::StatusIngest::start(db.clone());
         Ok(AppState {
             settings: Arc::new(settings),
             db,
@@ -41,6 +44,7 @@ impl AppState {
             http,
             probes: Default::default(),
             dispatch_wakeup: Default::default(),
+            status_ingest,
         })
     }
 

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod scope;
 pub mod sites;
 pub mod sms;
+pub mod sms_status;
 pub mod subscriptions;
 pub mod tenants;
 pub mod workers;

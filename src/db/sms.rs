@@ -548,22 +548,20 @@ pub async fn record_outcomes(
     Ok(outcomes.iter().map(|o| recorded.contains(&o.message.id)).collect())
 }
 
-/// Take the advisory locks of `sids` (see [`lock_sid`]) in one statement, in sorted order so that two takers of
-/// several never wait on each other in a cycle. PostgreSQL only.
+/// Take the advisory locks of `sids` (see [`lock_sid`]) in one statement, ordered by lock key, so that two
+/// takers of several (dispatcher groups, status-callback batches, other instances) never wait on each other in
+/// a cycle, even when two SIDs share a key. PostgreSQL only (SQLite write transactions are serial).
 pub async fn lock_sids(tx: &mut Tx, sids: &[&str]) -> Result<(), sqlx::Error> {
     let Tx::Postgres(t) = tx else { return Ok(()) };
-    let mut sorted = sids.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted.is_empty() {
+    if sids.is_empty() {
         return Ok(());
     }
-    // The sorted sub-select is not flattened (it has an ORDER BY): the locks are taken row by row in its order.
+    // The sorted, distinct sub-select is not flattened into the outer one: the locks are taken in its order.
     sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtext(s)) FROM \
-         (SELECT s FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n) AS sorted",
+        "SELECT pg_advisory_xact_lock(k) FROM \
+         (SELECT DISTINCT hashtext(s) AS k FROM unnest($1::text[]) AS u(s) ORDER BY k) AS sorted",
     )
-    .bind(sorted.as_slice())
+    .bind(sids)
     .execute(&mut **t)
     .await?;
     Ok(())

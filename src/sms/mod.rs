@@ -2,5 +2,6 @@
 
 pub mod alerts;
 pub mod dispatcher;
+pub mod ingest;
 pub mod status;
 pub mod twilio;

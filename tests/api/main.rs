@@ -29,6 +29,7 @@ mod signatures;
 mod sites;
 mod sms;
 mod status;
+mod status_batch;
 mod store;
 mod tenants;
 mod twilio_contract;

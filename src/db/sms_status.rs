@@ -1,0 +1,149 @@
+//! Twilio status callbacks applied in batches (`sms::ingest`): a handful of set-based statements per batch of
+//! callbacks instead of a handful per callback (the one-callback statements are in `db::sms`).
+//!
+//! Multi-row statements take at most [`CHUNK`] rows (4 parameters each at most: 1,600, far under SQLite's
+//! 32,766 and PostgreSQL's 65,535). `UPDATE … FROM (VALUES …)` needs SQLite ≥ 3.33 (sqlx bundles 3.46) and
+//! reads the VALUES columns by the names both backends give them by default: `column1`, `column2`, …
+
+use sqlx::QueryBuilder;
+
+use super::{Backend, Tx};
+use crate::on_tx;
+
+/// Rows per multi-row statement.
+const CHUNK: usize = 400;
+
+/// A verified callback as stored in `sms_status_events`.
+pub struct NewEvent<'a> {
+    pub sid: &'a str,
+    pub status: &'a str,
+    pub error_code: Option<&'a str>,
+    pub at: i64,
+}
+
+/// Store callbacks, not applied yet, in the order given (their ids grow in that order: the dispatcher applies
+/// the ones for a SID it has not recorded yet in id order).
+pub async fn insert_events(tx: &mut Tx, events: &[NewEvent<'_>]) -> Result<(), sqlx::Error> {
+    for chunk in events.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO sms_status_events (twilio_sid, status, error_code, applied, received_at) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.sid).push_bind(e.status).push_bind(e.error_code).push_bind(false).push_bind(e.at);
+            });
+            q.build().execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
+    }
+    Ok(())
+}
+
+/// A message that holds one of the SIDs of a batch.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SidMessage {
+    pub twilio_sid: String,
+    pub id: String,
+    pub alert_id: Option<String>,
+    pub kind: String,
+    pub status: String,
+}
+
+/// The messages holding `sids`, locked for the update that follows on PostgreSQL (in SID order).
+pub async fn messages_by_sids(tx: &mut Tx, sids: &[&str]) -> Result<Vec<SidMessage>, sqlx::Error> {
+    let lock = match tx.backend() {
+        Backend::Postgres => " ORDER BY twilio_sid FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let mut found = Vec::new();
+    for chunk in sids.chunks(CHUNK) {
+        let rows: Vec<SidMessage> = on_tx!(tx, c => {
+            let mut q = QueryBuilder::new(
+                "SELECT twilio_sid, id, alert_id, kind, status FROM sms_messages WHERE twilio_sid IN (",
+            );
+            let mut list = q.separated(", ");
+            for sid in chunk {
+                list.push_bind(*sid);
+            }
+            q.push(")").push(lock);
+            q.build_query_as().fetch_all(&mut *c).await
+        })?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
+/// A message's status after a batch: `error_code` replaces the stored one when given.
+pub struct StatusUpdate<'a> {
+    pub id: &'a str,
+    pub status: &'a str,
+    pub error_code: Option<&'a str>,
+    pub at: i64,
+}
+
+/// Set the status of many messages (pass them sorted by id: the rows are locked in a stable order).
+pub async fn set_statuses(tx: &mut Tx, updates: &[StatusUpdate<'_>]) -> Result<(), sqlx::Error> {
+    for chunk in updates.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut q = QueryBuilder::new(
+                "UPDATE sms_messages SET status = v.column2, error_code = COALESCE(v.column3, sms_messages.error_code), \
+                 status_updated_at = v.column4 FROM (",
+            );
+            q.push_values(chunk, |mut b, u| {
+                b.push_bind(u.id).push_bind(u.status).push_bind(u.error_code).push_bind(u.at);
+            });
+            q.push(") AS v WHERE sms_messages.id = v.column1");
+            q.build().execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
+    }
+    Ok(())
+}
+
+/// The distinct statuses of the messages of each of `alert_ids`: `(alert_id, status)` pairs.
+pub async fn alert_statuses(tx: &mut Tx, alert_ids: &[&str]) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut found = Vec::new();
+    for chunk in alert_ids.chunks(CHUNK) {
+        let rows: Vec<(String, String)> = on_tx!(tx, c => {
+            let mut q = QueryBuilder::new("SELECT DISTINCT alert_id, status FROM sms_messages WHERE alert_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build_query_as().fetch_all(&mut *c).await
+        })?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
+/// Set the aggregate status of many alerts, `(id, status, at)`, sorted by id; unchanged ones are not written.
+pub async fn set_alert_statuses(tx: &mut Tx, alerts: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
+    for chunk in alerts.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut q = QueryBuilder::new("UPDATE sms_alerts SET status = v.column2, updated_at = v.column3 FROM (");
+            q.push_values(chunk, |mut b, (id, status, at)| {
+                b.push_bind(*id).push_bind(*status).push_bind(*at);
+            });
+            q.push(") AS v WHERE sms_alerts.id = v.column1 AND sms_alerts.status <> v.column2");
+            q.build().execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
+    }
+    Ok(())
+}
+
+/// Mark every stored callback for `sids` applied.
+pub async fn mark_applied(tx: &mut Tx, sids: &[&str]) -> Result<(), sqlx::Error> {
+    for chunk in sids.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut q =
+                QueryBuilder::new("UPDATE sms_status_events SET applied = TRUE WHERE applied = FALSE AND twilio_sid IN (");
+            let mut list = q.separated(", ");
+            for sid in chunk {
+                list.push_bind(*sid);
+            }
+            q.push(")");
+            q.build().execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
+    }
+    Ok(())
+}

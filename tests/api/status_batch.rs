@@ -1,0 +1,214 @@
+//! Status callbacks applied in batches (group commit, `sms::ingest`): the same result as one by one, whatever a
+//! batch holds; every callback of concurrent requests stored and applied; a failing callback fails alone; 503
+//! when the ingest task is not taking callbacks. Batches are driven directly (`apply_batch`, `apply_all`) in the
+//! Twilio webhook's database context, as the ingest task runs them.
+
+use reqwest::{Method, StatusCode};
+use secur360::db::scope;
+use secur360::domain::sms_status::MessageStatus::{Delivered, Sent, Undelivered};
+use secur360::domain::twilio_signature;
+use secur360::on_db;
+use secur360::sms::ingest::apply_all;
+use secur360::sms::status::{apply_batch, Applied, Callback};
+use serde_json::json;
+
+use crate::fake_twilio::{self, Reply};
+use crate::helpers::*;
+use crate::sms::{alert, run, sms_app, worker, T0};
+
+const STATUS_URL: &str = "https://c-secur360.example/api/sms/status";
+
+/// `async fn name(app, fake, vars = &[..]) { … }` on both backends, with the fake Twilio configured.
+macro_rules! batch_tests {
+    ($(async fn $name:ident($app:ident, $fake:ident, vars = $extra:expr) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    #[allow(unused_variables)]
+                    let ($app, $fake) = sms_app(Backend::Sqlite, true, $extra).await;
+                    $body
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    #[allow(unused_variables)]
+                    let ($app, $fake) = sms_app(Backend::Postgres, true, $extra).await;
+                    $body
+                }
+            }
+        )*
+    };
+}
+
+fn sid(n: usize) -> String {
+    format!("SM{n:032x}")
+}
+
+fn cb(sid: &str, status: &str, error_code: Option<&str>) -> Callback {
+    Callback { sid: sid.into(), status: status.into(), error_code: error_code.map(Into::into), received_at: T0 + 1_000 }
+}
+
+async fn batch(app: &TestApp, callbacks: &[Callback]) -> Result<Vec<Applied>, sqlx::Error> {
+    scope::system("twilio-webhook", apply_batch(&app.state.db, callbacks)).await
+}
+
+/// `(status, error_code)` of the message holding `sid`.
+async fn message(app: &TestApp, sid: &str) -> (String, Option<String>) {
+    on_db!(&app.db, p => sqlx::query_as("SELECT status, error_code FROM sms_messages WHERE twilio_sid = $1")
+        .bind(sid).fetch_one(p).await)
+    .unwrap()
+}
+
+async fn alert_status(app: &TestApp, id: &str) -> String {
+    on_db!(&app.db, p => sqlx::query_scalar("SELECT status FROM sms_alerts WHERE id = $1").bind(id).fetch_one(p).await)
+        .unwrap()
+}
+
+async fn unapplied(app: &TestApp) -> i64 {
+    app.count("sms_status_events WHERE applied = FALSE").await
+}
+
+async fn signed(app: &TestApp, sid: &str, status: &str) -> (StatusCode, serde_json::Value) {
+    let params: Vec<(String, String)> =
+        [("MessageSid", sid), ("MessageStatus", status), ("AccountSid", fake_twilio::ACCOUNT_SID)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let sig = twilio_signature::compute(STATUS_URL, &params, fake_twilio::AUTH_TOKEN);
+    read(
+        app.client
+            .post(app.url("/api/sms/status"))
+            .form(&params)
+            .header("X-Twilio-Signature", sig)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// An alert to `n` consenting workers, dispatched: its id; its messages hold `sid(1)` … `sid(n)`.
+async fn dispatched_alert(app: &TestApp, n: usize) -> String {
+    let key = app.tenant_with_key("acme").await;
+    for i in 0..n {
+        worker(app, &key, &format!("W{i}"), &format!("514 873 {}", 2100 + i), true).await;
+    }
+    let (s, a) = alert(app, &key, json!({"kind": "general_alert", "body": "x", "recipients": {"all": true}})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{a}");
+    assert_eq!(run(app, T0).await.accepted, n);
+    a["alert_id"].as_str().unwrap().to_owned()
+}
+
+batch_tests! {
+    async fn a_batch_applies_the_callbacks_of_each_sid_in_arrival_order(app, fake, vars = &[]) {
+        let alert_id = dispatched_alert(&app, 3).await;
+        let events = app.count("sms_status_events").await;
+        let callbacks = [
+            cb(&sid(1), "sent", None),
+            cb(&sid(2), "undelivered", Some("30003")),
+            cb(&sid(1), "delivered", None),
+            cb(&sid(3), "queued", None),          // stale: the message is already `sending`
+            cb(&sid(1), "sent", None),            // late: never overwrites `delivered`
+            cb(&sid(2), "delivered", None),       // a second final state: the first one stays
+            cb("SMnotrecordedyet0001", "delivered", None),
+            cb(&sid(1), "delivered", None),       // repeated
+            cb(&sid(3), "receiving", None),       // says nothing about an outbound message
+        ];
+        let applied = batch(&app, &callbacks).await.unwrap();
+        use Applied::{Moved, Pending, Unchanged};
+        assert_eq!(applied, [
+            Moved(Sent), Moved(Undelivered), Moved(Delivered), Unchanged, Unchanged, Unchanged, Pending, Unchanged, Unchanged,
+        ]);
+        assert_eq!(message(&app, &sid(1)).await, ("delivered".into(), None));
+        assert_eq!(message(&app, &sid(2)).await, ("undelivered".into(), Some("30003".into())));
+        assert_eq!(message(&app, &sid(3)).await, ("sending".into(), None));
+        assert_eq!(alert_status(&app, &alert_id).await, "sending");
+        // Every callback is stored; only the one for a SID not recorded yet waits.
+        assert_eq!(app.count("sms_status_events").await, events + 9);
+        assert_eq!(unapplied(&app).await, 1);
+
+        // The next batch moves the last message: the alert's aggregate follows.
+        let applied = batch(&app, &[cb(&sid(3), "delivered", None), cb(&sid(2), "sent", None)]).await.unwrap();
+        assert_eq!(applied, [Moved(Delivered), Unchanged]);
+        assert_eq!(alert_status(&app, &alert_id).await, "partially_delivered");
+        assert_eq!(unapplied(&app).await, 1);
+    }
+
+    async fn callbacks_for_a_sid_not_recorded_yet_are_kept_and_applied_when_it_is(app, fake, vars = &[]) {
+        let early = "SMearly0000000000000000000000000000";
+        fake.script([Reply::Created(early.into())]);
+        let (s, t) = app.operator(Method::POST, "/api/send-sms", Some(json!({ "to": "514 873 2015", "body": "Test" }))).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{t}");
+        let applied = batch(&app, &[cb(early, "sent", None), cb(early, "delivered", None), cb(early, "sent", None)]).await.unwrap();
+        assert_eq!(applied, [Applied::Pending, Applied::Pending, Applied::Pending]);
+        assert_eq!(unapplied(&app).await, 3);
+        run(&app, T0).await;
+        assert_eq!(message(&app, early).await.0, "delivered");
+        assert_eq!(unapplied(&app).await, 0);
+    }
+
+    async fn two_hundred_concurrent_callbacks_are_all_stored_and_applied(app, fake, vars = &[("SMS_DISPATCH_RATE_PER_SECOND", "30")]) {
+        let alert_id = dispatched_alert(&app, 25).await;
+        let events = app.count("sms_status_events").await;
+        // Eight reports per message, fired all at once: whatever order they arrive in, each message ends delivered.
+        let reports = ["queued", "sending", "sent", "delivered", "delivered", "read", "sent", "sending"];
+        let posts = (1..=25).flat_map(|n| reports.iter().map(move |r| (sid(n), *r)));
+        let answers = futures::future::join_all(posts.map(|(sid, r)| {
+            let app = &app;
+            async move { signed(app, &sid, r).await }
+        }))
+        .await;
+        assert_eq!(answers.len(), 200);
+        for (s, b) in &answers {
+            assert_eq!(*s, StatusCode::NO_CONTENT, "{b}");
+        }
+        assert_eq!(app.count("sms_status_events").await, events + 200);
+        assert_eq!(unapplied(&app).await, 0);
+        assert_eq!(app.count("sms_messages WHERE status = 'delivered'").await, 25);
+        assert_eq!(alert_status(&app, &alert_id).await, "delivered");
+    }
+
+    async fn a_callback_the_database_refuses_fails_alone(app, fake, vars = &[]) {
+        dispatched_alert(&app, 2).await;
+        // The database refuses to store one SID's callbacks (a trigger): an honest failure of one item of a batch.
+        match app.backend {
+            Backend::Sqlite => app.exec("CREATE TRIGGER poison BEFORE INSERT ON sms_status_events \
+                WHEN NEW.twilio_sid = 'SMpoison' BEGIN SELECT RAISE(ABORT, 'refused'); END").await,
+            Backend::Postgres => {
+                app.exec("CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                    IF NEW.twilio_sid = 'SMpoison' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$").await;
+                app.exec("CREATE TRIGGER poison BEFORE INSERT ON sms_status_events FOR EACH ROW EXECUTE FUNCTION poison()").await;
+            }
+        }
+        let events = app.count("sms_status_events").await;
+        // A batch is all or nothing…
+        assert!(batch(&app, &[cb(&sid(1), "delivered", None), cb("SMpoison", "sent", None)]).await.is_err());
+        assert_eq!(app.count("sms_status_events").await, events);
+        assert_eq!(message(&app, &sid(1)).await.0, "sending");
+        // …so the ingest applies a failed batch one callback at a time: only the refused one gets an error.
+        let callbacks = [cb(&sid(1), "delivered", None), cb("SMpoison", "sent", None), cb(&sid(2), "sent", None)];
+        let answers = scope::system("twilio-webhook", apply_all(&app.state.db, &callbacks)).await;
+        assert_eq!(answers[0].as_ref().ok(), Some(&Applied::Moved(Delivered)));
+        assert_eq!(answers[1].as_ref().err().map(|e| e.status.as_u16()), Some(500));
+        assert_eq!(answers[2].as_ref().ok(), Some(&Applied::Moved(Sent)));
+        assert_eq!((message(&app, &sid(1)).await.0, message(&app, &sid(2)).await.0), ("delivered".into(), "sent".into()));
+        assert_eq!(app.count("sms_status_events").await, events + 2);
+        // Over HTTP: the refused callback is answered 5xx (Twilio retries it), the others 204.
+        assert_eq!(signed(&app, "SMpoison", "sent").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(signed(&app, &sid(2), "delivered").await.0, StatusCode::NO_CONTENT);
+        assert_eq!(app.count("sms_status_events").await, events + 3);
+    }
+
+    async fn callbacks_are_answered_503_when_the_ingest_is_stopped(app, fake, vars = &[]) {
+        dispatched_alert(&app, 1).await;
+        assert_eq!(signed(&app, &sid(1), "sent").await.0, StatusCode::NO_CONTENT);
+        let events = app.count("sms_status_events").await;
+        app.state.status_ingest.shutdown().await;
+        let (s, b) = signed(&app, &sid(1), "delivered").await;
+        assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "status_ingest_stopped"), "{b}");
+        assert_eq!(app.count("sms_status_events").await, events);
+        assert_eq!(message(&app, &sid(1)).await.0, "sent");
+    }
+}
