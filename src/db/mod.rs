@@ -21,7 +21,7 @@ use anyhow::Context;
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
-use sqlx::{Postgres, Sqlite};
+use sqlx::{Connection, Postgres, Sqlite};
 
 /// Bound on waiting for a connection: past it a request gets 503 instead of hanging.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,6 +103,9 @@ impl Db {
                 .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
                 .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                // Never hand out (or keep) a connection still inside a transaction (see `begin`).
+                .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+                .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
                 .connect_with(opts)
                 .await
                 .with_context(|| format!("cannot open the SQLite database {}", file.display()))?;
@@ -114,7 +117,16 @@ impl Db {
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .after_connect(|conn, _| Box::pin(scope::apply(conn)))
-                .before_acquire(|conn, _| Box::pin(async move { scope::apply(conn).await.map(|()| true) }))
+                .before_acquire(|conn, _| {
+                    Box::pin(async move {
+                        // Never hand out a connection still inside a transaction (see `begin`): close it.
+                        if conn.is_in_transaction() {
+                            return Ok(false);
+                        }
+                        scope::apply(conn).await.map(|()| true)
+                    })
+                })
+                .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
                 .connect_with(opts)
                 .await
                 .context("cannot connect to PostgreSQL (check DATABASE_URL and that the server is up)")?;
@@ -184,11 +196,22 @@ impl Db {
         on_db!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected())).map(|_| ())
     }
 
+    /// Open a transaction (SQLite: `BEGIN IMMEDIATE`, the write lock taken at once).
+    ///
+    /// A request whose client goes away is dropped wherever it is waiting. Dropped while its BEGIN was in
+    /// flight, the connection went back to the pool inside a transaction nobody owned: on SQLite it held the
+    /// write lock for good, and every later write failed (`bench/run` hit it when wrk closed its connections).
+    /// So the BEGIN runs in a task of its own, in the caller's database scope, which always completes; when the
+    /// caller is gone, the transaction it opened is dropped there and rolled back.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        Ok(match self {
-            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
-        })
+        let db = self.clone();
+        let task = tokio::spawn(scope::run(scope::current(), async move {
+            Ok(match db {
+                Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+                Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+            })
+        }));
+        task.await.map_err(|e| sqlx::Error::Protocol(format!("the task opening a transaction failed: {e}")))?
     }
 
     pub async fn close(&self) {

@@ -129,3 +129,46 @@ async fn a_new_sqlite_file_and_its_folder_are_created_on_first_use() {
     db.migrate().await.unwrap();
     assert!(path.exists());
 }
+
+/// A connection must never go back into use inside a transaction nobody owns (a cancelled BEGIN: sqlx
+/// issue 4385 on PostgreSQL; seen here on SQLite under `bench/run`, where it then held the write lock for
+/// good). Such a transaction is made here on purpose (its `Transaction` forgotten, so never rolled back) on a
+/// one-connection pool: the pool must close that connection, and the next transaction must really commit.
+async fn a_leaked_transaction_never_reaches_the_next_caller(backend: Backend) {
+    let (owner, url, _dir) = crate::helpers::fresh_database(backend).await;
+    let db = Db::connect(&url, 1).await.unwrap();
+    secur360::db::scope::system("test", async {
+        match &db {
+            Db::Sqlite(p) => {
+                let mut conn = p.acquire().await.unwrap();
+                std::mem::forget(sqlx::Connection::begin(&mut *conn).await.unwrap());
+            }
+            Db::Postgres(p) => {
+                let mut conn = p.acquire().await.unwrap();
+                std::mem::forget(sqlx::Connection::begin(&mut *conn).await.unwrap());
+            }
+        }
+        for i in 0..3 {
+            let mut tx = db.begin().await.expect("a transaction after the leaked one");
+            secur360::on_tx!(&mut tx, c => sqlx::query(
+                "INSERT INTO tenants (id, name, province, language, created_at, updated_at) VALUES ($1, 'T', 'QC', 'fr', 0, 0)"
+            ).bind(format!("t{i}")).execute(&mut *c).await.map(|r| r.rows_affected())).unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await;
+    // Committed for real: another connection sees the rows (inside the leaked transaction they would not be).
+    let n: i64 =
+        secur360::on_db!(&owner, p => sqlx::query_scalar("SELECT COUNT(*) FROM tenants").fetch_one(p).await).unwrap();
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn a_leaked_transaction_never_reaches_the_next_caller_on_sqlite() {
+    a_leaked_transaction_never_reaches_the_next_caller(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_leaked_transaction_never_reaches_the_next_caller_on_postgres() {
+    a_leaked_transaction_never_reaches_the_next_caller(Backend::Postgres).await;
+}
