@@ -429,8 +429,13 @@ async fn seal_batch(db: &Db) -> Result<(usize, Option<i64>), sqlx::Error> {
     Ok((rows.len(), Some(seq)))
 }
 
-/// The background sealer of `serve`: seals about once a second (and once more when stopping), until `stop`.
+/// The background sealer of `serve`: seals about once a second (and everything once more when stopping), until
+/// `stop`. A backlog is sealed batch by batch with a short pause after each full batch: on SQLite a sealer going
+/// back to back kept the single write lock from the writers waiting in SQLite's busy handler (an emergency alert
+/// among them: `bench/run` saw its first provider call 0.5–1.1 s late behind tens of thousands of unsealed rows).
+/// At [`SEAL_BATCH`] rows per pause it still seals several times what the dispatcher can audit per second.
 pub async fn run_sealer(db: Db, mut stop: tokio::sync::watch::Receiver<bool>) {
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -438,13 +443,32 @@ pub async fn run_sealer(db: Db, mut stop: tokio::sync::watch::Receiver<bool>) {
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         } || *stop.borrow();
-        match seal(&db).await {
-            Ok(r) if r.sealed > 0 => tracing::debug!(sealed = r.sealed, head = ?r.head_seq, "audit rows sealed"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "sealing the audit chain failed (retried in a second)"),
-        }
         if stopping {
+            match seal(&db).await {
+                Ok(r) => tracing::debug!(sealed = r.sealed, head = ?r.head_seq, "audit rows sealed at stop"),
+                Err(e) => tracing::warn!(error = %e, "sealing the audit chain at stop failed"),
+            }
             return;
+        }
+        loop {
+            match crate::db::scope::system("audit-seal", seal_batch(&db)).await {
+                Ok((sealed, head)) => {
+                    if sealed > 0 {
+                        tracing::debug!(sealed, head = ?head, "audit rows sealed");
+                    }
+                    if sealed < SEAL_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sealing the audit chain failed (retried in a second)");
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PAUSE) => {}
+                _ = stop.changed() => break,
+            }
         }
     }
 }
