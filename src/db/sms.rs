@@ -548,9 +548,11 @@ pub async fn record_outcomes(
     Ok(outcomes.iter().map(|o| recorded.contains(&o.message.id)).collect())
 }
 
-/// Take the advisory locks of `sids` (see [`lock_sid`]) in one statement, ordered by lock key, so that two
-/// takers of several (dispatcher groups, status-callback batches, other instances) never wait on each other in
-/// a cycle, even when two SIDs share a key. PostgreSQL only (SQLite write transactions are serial).
+/// Serialise the two writers of a SID on PostgreSQL — the dispatcher recording it, a status callback for it —
+/// so that a callback is either seen by the dispatcher's read of the pending callbacks or sees the SID itself
+/// (SQLite write transactions are already serial, `BEGIN IMMEDIATE`). The advisory locks of `sids` are taken in
+/// one statement, ordered by lock key, so that two takers of several (dispatcher groups, status-callback
+/// batches, other instances) never wait on each other in a cycle, even when two SIDs share a key.
 pub async fn lock_sids(tx: &mut Tx, sids: &[&str]) -> Result<(), sqlx::Error> {
     let Tx::Postgres(t) = tx else { return Ok(()) };
     if sids.is_empty() {
@@ -618,73 +620,7 @@ pub async fn set_statuses(tx: &mut Tx, changes: &[(&str, &str, Option<&str>)], n
 // ---------------------------------------------------------------------------------------------------------
 // Status callbacks
 
-pub async fn insert_status_event(
-    tx: &mut Tx,
-    sid: &str,
-    status: &str,
-    error_code: Option<&str>,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    on_tx!(tx, c => sqlx::query(
-        "INSERT INTO sms_status_events (twilio_sid, status, error_code, applied, received_at) VALUES ($1, $2, $3, FALSE, $4)"
-    ).bind(sid).bind(status).bind(error_code).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(())
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct MessageState {
-    pub id: String,
-    pub alert_id: Option<String>,
-    pub kind: String,
-    pub status: String,
-    pub error_code: Option<String>,
-}
-
-/// The message holding `sid`, locked for the update that follows on PostgreSQL.
-pub async fn message_by_sid(tx: &mut Tx, sid: &str) -> Result<Option<MessageState>, sqlx::Error> {
-    let lock = match tx.backend() {
-        Backend::Postgres => " FOR UPDATE",
-        Backend::Sqlite => "",
-    };
-    let sql = format!("SELECT id, alert_id, kind, status, error_code FROM sms_messages WHERE twilio_sid = $1{lock}");
-    on_tx!(tx, c => sqlx::query_as(&sql).bind(sid).fetch_optional(&mut *c).await)
-}
-
-pub async fn set_status(
-    tx: &mut Tx,
-    id: &str,
-    status: &str,
-    error_code: Option<&str>,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    on_tx!(tx, c => sqlx::query(
-        "UPDATE sms_messages SET status = $2, error_code = COALESCE($3, error_code), status_updated_at = $4 WHERE id = $1"
-    ).bind(id).bind(status).bind(error_code).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(())
-}
-
-/// Callbacks for `sid` not applied yet, oldest first.
-pub async fn pending_events(tx: &mut Tx, sid: &str) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
-    on_tx!(tx, c => sqlx::query_as(
-        "SELECT status, error_code FROM sms_status_events WHERE twilio_sid = $1 AND applied = FALSE ORDER BY id"
-    ).bind(sid).fetch_all(&mut *c).await)
-}
-
-pub async fn mark_events_applied(tx: &mut Tx, sid: &str) -> Result<(), sqlx::Error> {
-    on_tx!(tx, c => sqlx::query("UPDATE sms_status_events SET applied = TRUE WHERE twilio_sid = $1 AND applied = FALSE")
-        .bind(sid).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(())
-}
-
-/// Serialise the two writers of one SID (the dispatcher recording it, a callback for it) on PostgreSQL, so a
-/// callback is either seen by the dispatcher's pending-events read or sees the SID itself. SQLite write
-/// transactions are already serial (`BEGIN IMMEDIATE`).
-pub async fn lock_sid(tx: &mut Tx, sid: &str) -> Result<(), sqlx::Error> {
-    if let Tx::Postgres(t) = tx {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(sid).execute(&mut **t).await?;
-    }
-    Ok(())
-}
+// (Status callbacks are stored and applied in batches: `db::sms_status`.)
 
 /// The stored status of one message (CLI and tests).
 pub async fn message_status(db: &Db, id: &str) -> Result<Option<String>, sqlx::Error> {

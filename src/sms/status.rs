@@ -68,32 +68,10 @@ pub async fn apply_callback(state: &AppState, params: &[(String, String)]) -> Ap
     state.status_ingest.submit(callback).await
 }
 
-/// Store and apply one callback in its own transaction.
+/// Store and apply one callback in its own transaction: a batch of one (the fallback of a failed batch).
 pub async fn apply_one(db: &Db, cb: &Callback) -> ApiResult<Applied> {
-    let (sid, raw_status, error_code, now) =
-        (cb.sid.as_str(), cb.status.as_str(), cb.error_code.as_deref(), cb.received_at);
-    let mut tx = db.begin().await?;
-    sms::lock_sid(&mut tx, sid).await?;
-    sms::insert_status_event(&mut tx, sid, raw_status, error_code, now).await?;
-    let Some(message) = sms::message_by_sid(&mut tx, sid).await? else {
-        tx.commit().await?;
-        tracing::info!(sid, status = raw_status, "status callback for a SID not recorded yet; kept");
-        return Ok(Applied::Pending);
-    };
-    let current = MessageStatus::parse(&message.status).unwrap_or(MessageStatus::Sending);
-    let next = MessageStatus::from_twilio(raw_status).and_then(|s| transition(current, s));
-    if let Some(next) = next {
-        sms::set_status(&mut tx, &message.id, next.as_str(), error_code, now).await?;
-        if let Some(alert) = &message.alert_id {
-            sms::refresh_alert_status(&mut tx, alert, now).await?;
-        }
-    }
-    sms::mark_events_applied(&mut tx, sid).await?;
-    tx.commit().await?;
-    if let Some(next) = next {
-        crate::metrics::sms_outcome(&message.kind, next.as_str());
-    }
-    Ok(next.map_or(Applied::Unchanged, Applied::Moved))
+    let mut applied = apply_batch(db, std::slice::from_ref(cb)).await?;
+    applied.pop().ok_or_else(|| ApiError::internal(anyhow::anyhow!("a batch of one callback answered nothing")))
 }
 
 /// A message of a batch as its callbacks move it.
