@@ -600,23 +600,6 @@ pub async fn take_pending_events(tx: &mut Tx, sids: &[&str]) -> Result<Vec<Pendi
     Ok(events)
 }
 
-/// Set the status of several messages (by id) in one statement; an error code given replaces the stored one.
-pub async fn set_statuses(tx: &mut Tx, changes: &[(&str, &str, Option<&str>)], now: i64) -> Result<(), sqlx::Error> {
-    for chunk in changes.chunks(RECORD_CHUNK) {
-        on_tx!(tx, c => {
-            let mut q = sqlx::QueryBuilder::new("WITH v (v_id, v_status, v_code) AS (VALUES ");
-            for (i, (id, status, code)) in chunk.iter().enumerate() {
-                q.push(if i == 0 { "(" } else { ", (" });
-                q.push_bind(*id).push(", ").push_bind(*status).push(", ").push_bind(*code).push(")");
-            }
-            q.push(") UPDATE sms_messages SET status = v_status, error_code = COALESCE(v_code, error_code), \
-                    status_updated_at = ").push_bind(now).push(" FROM v WHERE id = v_id");
-            q.build().execute(&mut *c).await.map(|r| r.rows_affected())
-        })?;
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Status callbacks
 

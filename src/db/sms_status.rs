@@ -1,5 +1,6 @@
 //! Twilio status callbacks applied in batches (`sms::ingest`): a handful of set-based statements per batch of
-//! callbacks instead of a handful per callback (the one-callback statements are in `db::sms`).
+//! callbacks instead of a handful per callback. [`set_statuses`] also serves the dispatcher (callbacks that
+//! arrived before their SID was recorded); the SIDs' locks are `sms::lock_sids`.
 //!
 //! Multi-row statements take at most [`CHUNK`] rows (4 parameters each at most: 1,600, far under SQLite's
 //! 32,766 and PostgreSQL's 65,535). `UPDATE … FROM (VALUES …)` needs SQLite ≥ 3.33 (sqlx bundles 3.46) and
@@ -80,7 +81,8 @@ pub struct StatusUpdate<'a> {
     pub at: i64,
 }
 
-/// Set the status of many messages (pass them sorted by id: the rows are locked in a stable order).
+/// Set the status of many messages (callback batches pass them sorted by id, so their rows are locked in a
+/// stable order; the dispatcher already holds its rows' locks).
 pub async fn set_statuses(tx: &mut Tx, updates: &[StatusUpdate<'_>]) -> Result<(), sqlx::Error> {
     for chunk in updates.chunks(CHUNK) {
         on_tx!(tx, c => {

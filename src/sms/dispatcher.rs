@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::audit::{self, Entry, Outcome, Zone};
 use crate::db::sms::{self, Claimed};
+use crate::db::sms_status::{self, StatusUpdate};
 use crate::db::workers::{self, ConsentEvent};
 use crate::domain::sms_status::{transition, MessageStatus};
 use crate::sms::twilio::SendOutcome;
@@ -311,18 +312,22 @@ async fn record_all(
             }
         }
     }
-    let moved: Vec<(&str, &str, Option<&str>)> = plans
+    let moved: Vec<StatusUpdate> = plans
         .iter()
         .zip(&written)
         .filter(|(_, w)| **w)
         .filter_map(|(p, _)| {
             let (status, code) = after.get(p.outcome.sid?)?;
-            (*status != MessageStatus::Sending)
-                .then(|| (p.outcome.message.id.as_str(), status.as_str(), code.as_deref()))
+            (*status != MessageStatus::Sending).then(|| StatusUpdate {
+                id: p.outcome.message.id.as_str(),
+                status: status.as_str(),
+                error_code: code.as_deref(),
+                at: now,
+            })
         })
         .collect();
     if !moved.is_empty() {
-        sms::set_statuses(&mut tx, &moved, now).await?;
+        sms_status::set_statuses(&mut tx, &moved).await?;
     }
 
     for ((m, sent), _) in group.iter().zip(&written).filter(|(_, w)| **w) {
