@@ -143,19 +143,18 @@ fn bench_sid(i: u64) -> String {
     format!("SMbench0000000000000000{}", 10_000_000_000u64 + i)
 }
 
-fn twilio_status(url: &str, token: &str, n: u64, out: &str) -> anyhow::Result<()> {
+/// Write `n` Twilio-signed forms, `form(i)` for i in 0..n, one per line: "<X-Twilio-Signature>\t<form body>".
+fn presign_twilio(
+    url: &str,
+    token: &str,
+    n: u64,
+    out: &str,
+    form: impl Fn(u64) -> Vec<(String, String)>,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
     for i in 0..n {
-        let form = vec![
-            ("AccountSid".to_owned(), "AC0123456789abcdef0123456789abcdef".to_owned()),
-            ("MessageSid".to_owned(), bench_sid(i)),
-            ("MessageStatus".to_owned(), "delivered".to_owned()),
-            ("SmsSid".to_owned(), bench_sid(i)),
-            ("SmsStatus".to_owned(), "delivered".to_owned()),
-            ("To".to_owned(), "+15145550000".to_owned()),
-            ("ApiVersion".to_owned(), "2010-04-01".to_owned()),
-        ];
+        let form = form(i);
         let sig = secur360::domain::twilio_signature::compute(url, &form, token);
         writeln!(f, "{sig}\t{}", serde_urlencoded::to_string(&form)?)?;
     }
@@ -163,25 +162,38 @@ fn twilio_status(url: &str, token: &str, n: u64, out: &str) -> anyhow::Result<()
     Ok(())
 }
 
+fn pairs(fields: &[(&str, String)]) -> Vec<(String, String)> {
+    fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+}
+
+/// Delivery callbacks, one per benchmark message.
+fn twilio_status(url: &str, token: &str, n: u64, out: &str) -> anyhow::Result<()> {
+    presign_twilio(url, token, n, out, |i| {
+        pairs(&[
+            ("AccountSid", "AC0123456789abcdef0123456789abcdef".into()),
+            ("MessageSid", bench_sid(i)),
+            ("MessageStatus", "delivered".into()),
+            ("SmsSid", bench_sid(i)),
+            ("SmsStatus", "delivered".into()),
+            ("To", "+15145550000".into()),
+            ("ApiVersion", "2010-04-01".into()),
+        ])
+    })
+}
+
 /// Inbound calls as Twilio posts them to the voice URL, each a new call (a distinct `CallSid`).
 fn twilio_voice(url: &str, token: &str, n: u64, out: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
-    for i in 0..n {
-        let form = vec![
-            ("AccountSid".to_owned(), "AC0123456789abcdef0123456789abcdef".to_owned()),
-            ("CallSid".to_owned(), format!("CAbench000000000000000{}", 10_000_000_000u64 + i)),
-            ("CallStatus".to_owned(), "ringing".to_owned()),
-            ("Direction".to_owned(), "inbound".to_owned()),
-            ("From".to_owned(), format!("+1514{}", 5_550_000 + i % 10_000)),
-            ("To".to_owned(), "+14385550100".to_owned()),
-            ("ApiVersion".to_owned(), "2010-04-01".to_owned()),
-        ];
-        let sig = secur360::domain::twilio_signature::compute(url, &form, token);
-        writeln!(f, "{sig}\t{}", serde_urlencoded::to_string(&form)?)?;
-    }
-    f.flush()?;
-    Ok(())
+    presign_twilio(url, token, n, out, |i| {
+        pairs(&[
+            ("AccountSid", "AC0123456789abcdef0123456789abcdef".into()),
+            ("CallSid", format!("CAbench000000000000000{}", 10_000_000_000u64 + i)),
+            ("CallStatus", "ringing".into()),
+            ("Direction", "inbound".into()),
+            ("From", format!("+1514{}", 5_550_000 + i % 10_000)),
+            ("To", "+14385550100".into()),
+            ("ApiVersion", "2010-04-01".into()),
+        ])
+    })
 }
 
 /// The durable-write limit of SQLite here, through the same library and settings as the service (WAL,
