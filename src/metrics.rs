@@ -51,6 +51,10 @@ fn describe() {
     metrics::describe_counter!("sms_messages_total", "SMS outcomes by kind and outcome");
     metrics::describe_counter!("stripe_webhooks_total", "Stripe webhook deliveries by outcome");
     metrics::describe_counter!("job_runs_total", "scheduled job runs by job and outcome");
+    metrics::describe_counter!(
+        "voice_calls_unrecorded_total",
+        "inbound calls put through but not recorded (call log full, or giving up on a call)"
+    );
     metrics::describe_histogram!("job_run_duration_seconds", metrics::Unit::Seconds, "job run duration");
     metrics::describe_gauge!("sms_queue_depth", "SMS messages waiting to be sent");
 }
@@ -73,6 +77,12 @@ pub fn sms_outcome(kind: &str, outcome: &str) {
 pub fn stripe_webhook(outcome: &str) {
     let _ = handle();
     metrics::counter!("stripe_webhooks_total", "outcome" => outcome.to_owned()).increment(1);
+}
+
+/// `n` inbound calls were answered but could not be recorded (`inbound::call_log`).
+pub fn voice_calls_unrecorded(n: u64) {
+    let _ = handle();
+    metrics::counter!("voice_calls_unrecorded_total").increment(n);
 }
 
 /// A job run finished.

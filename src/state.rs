@@ -24,6 +24,8 @@ pub struct AppState {
     pub dispatch_wakeup: Arc<tokio::sync::Notify>,
     /// This instance's status-callback ingest task (group commit; `sms::ingest`).
     pub status_ingest: crate::sms::ingest::StatusIngest,
+    /// This instance's record of inbound calls, written off the answer path (`inbound::call_log`).
+    pub call_log: crate::inbound::call_log::CallLog,
 }
 
 impl AppState {
@@ -35,6 +37,7 @@ impl AppState {
             .user_agent(concat!("secur360/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let status_ingest = crate::sms::ingest::StatusIngest::start(db.clone());
+        let call_log = crate::inbound::call_log::CallLog::start(db.clone());
         Ok(AppState {
             settings: Arc::new(settings),
             db,
@@ -45,6 +48,7 @@ impl AppState {
             probes: Default::default(),
             dispatch_wakeup: Default::default(),
             status_ingest,
+            call_log,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod sms;
 pub mod sms_status;
 pub mod subscriptions;
 pub mod tenants;
+pub mod voice;
 pub mod workers;
 
 use std::str::FromStr;

@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::audit::{self, Entry, Zone};
+use super::call_log::Call;
+use crate::db::voice::NewCall;
 use crate::domain::ids::new_id;
-use crate::domain::phone::Phone;
 use crate::domain::twiml::{self, Verb};
 use crate::error::ApiResult;
 use crate::http::twilio_webhook::TwilioForm;
@@ -25,39 +26,31 @@ const SORRY_EN: &str =
 const MISSED_FR: &str = "Nous n'avons pas pu répondre. Envoyez-nous un texto à ce numéro et nous vous rappellerons.";
 const MISSED_EN: &str = "We could not answer. Please text this number and we will call you back.";
 
-fn masked(raw: &str) -> String {
-    Phone::mask_stored(raw).unwrap_or_else(|| "unknown caller".to_owned())
-}
-
-/// `POST /api/voice/inbound`.
+/// `POST /api/voice/inbound`: the TwiML at once, from the configuration alone; the call is handed to the call
+/// log, which records it (and audits a new one) off the answer path (`call_log`: a database outage does not
+/// stop calls being put through; `dial-status` records the call durably when the `<Dial>` ends).
 pub async fn inbound(state: &AppState, form: &TwilioForm) -> ApiResult<String> {
     let sid = form.require("CallSid")?.to_owned();
-    let from = form.get("From").unwrap_or_default().to_owned();
-    let to = form.get("To").unwrap_or_default().to_owned();
-    let status = form.get("CallStatus").unwrap_or("ringing").to_owned();
-    let owner = state.settings.owner_mobile.clone();
-    let now = state.now();
-
-    let mut tx = state.db.begin().await?;
-    let inserted = on_tx!(&mut tx, c => sqlx::query(
-        "INSERT INTO voice_calls (id, twilio_call_sid, from_phone, to_phone, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (twilio_call_sid) DO NOTHING"
-    ).bind(new_id("call")).bind(&sid).bind(&from).bind(&to).bind(&status).bind(now)
-    .execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    if inserted == 1 {
-        let entry = Entry::new(Zone::Voice, "inbound_call", "twilio").subject(&sid).details(json!({
-            "from": masked(&from), "forwarded": owner.is_some(),
-        }));
-        audit::append(&mut tx, &entry, now).await?;
-    }
-    tx.commit().await?;
-
-    let action = state.settings.absolute_url("/api/voice/dial-status");
-    Ok(match &owner {
+    let owner = state.settings.owner_mobile.as_ref();
+    state.call_log.record(Call {
+        call: NewCall {
+            sid,
+            from: form.get("From").unwrap_or_default().to_owned(),
+            to: form.get("To").unwrap_or_default().to_owned(),
+            status: form.get("CallStatus").unwrap_or("ringing").to_owned(),
+            at: state.now(),
+        },
+        forwarded: owner.is_some(),
+    });
+    Ok(match owner {
         Some(owner) => twiml::response(&[
             Verb::Say { language: "fr-CA", text: GREETING_FR },
             Verb::Say { language: "en-CA", text: GREETING_EN },
-            Verb::Dial { number: owner.as_str(), timeout_secs: DIAL_TIMEOUT_SECS, action: &action },
+            Verb::Dial {
+                number: owner.as_str(),
+                timeout_secs: DIAL_TIMEOUT_SECS,
+                action: &state.settings.absolute_url("/api/voice/dial-status"),
+            },
         ]),
         None => twiml::response(&[
             Verb::Say { language: "fr-CA", text: SORRY_FR },

@@ -143,8 +143,10 @@ async fn state_sql(app: &TestApp) -> String {
     sql
 }
 
-/// (table, row count, digest of the content) for every table of the schema.
+/// (table, row count, digest of the content) for every table of the schema, once the calls the app has answered
+/// are recorded (the call log records them off the answer path).
 async fn state(app: &TestApp) -> Vec<(String, i64, String)> {
+    app.state.call_log.flush().await;
     let sql = state_sql(app).await;
     let mut rows: Vec<(String, i64, String)> =
         secur360::on_db!(&app.db, p => sqlx::query_as(&sql).fetch_all(p).await).expect("table digests");

@@ -488,12 +488,13 @@ async fn database_outage() {
 
     let cluster = PrivateCluster::start();
     let (db, url) = private_database(&cluster).await;
-    let env = vars(&[
+    let mut env = vars(&[
         ("DATABASE_URL", &url),
         ("DATABASE_MAX_CONNECTIONS", "5"),
         ("BILLING_SYNC_CRON", ""),
         ("SMS_CLEANUP_CRON", ""),
     ]);
+    env.extend(vars(&crate::inbound::twilio_vars()));
     let mut serve = ServeProcess::start("db-outage", &env).await;
     let key = serve.tenant_with_key("outage").await;
 
@@ -539,6 +540,13 @@ async fn database_outage() {
     .await;
     let (s, ready) = serve.send(Method::GET, "/readyz", None, None).await;
     assert_eq!((s, ready["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("database_unavailable")));
+    // The safety line still puts callers through: the TwiML does not wait for the database.
+    let calls = ["CAoutage1", "CAoutage2", "CAoutage3"];
+    for sid in calls {
+        let (s, twiml) = signed_call(&serve, sid).await;
+        assert_eq!(s, StatusCode::OK, "a call during the outage: {twiml}");
+        assert!(twiml.contains(&format!(">{}</Dial>", crate::inbound::OWNER)), "{twiml}");
+    }
     let restarting = t0.elapsed();
     cluster.start_server();
     let restarted = t0.elapsed();
@@ -589,6 +597,15 @@ async fn database_outage() {
     let lost: Vec<&String> = acked.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     let unacked_stored = stored.difference(&acked).count();
+    // The calls answered during the outage were recorded once the database was back (the graceful stop records
+    // whatever the call log still holds), each once.
+    let status = serve.terminate().await;
+    assert!(status.success(), "serve did not stop cleanly: {status:?}\n{}", serve.tail(30));
+    let recorded: Vec<String> = on_db!(&db, p => sqlx::query_scalar(
+        "SELECT twilio_call_sid FROM voice_calls ORDER BY twilio_call_sid"
+    ).fetch_all(p).await)
+    .unwrap();
+    assert_eq!(recorded, calls, "calls answered during the outage");
     let statuses_in_flight: Vec<Option<u16>> = in_flight.iter().map(|o| o.status.map(|s| s.as_u16())).collect();
     println!(
         "database outage (PostgreSQL, private cluster): {} requests; {} acknowledged before, all kept; outage {:.1?} \
@@ -602,6 +619,20 @@ async fn database_outage() {
         during.len(),
         ready_again - restarted,
     );
+}
+
+/// A signed inbound call to `serve`: (status, TwiML).
+async fn signed_call(serve: &ServeProcess, sid: &str) -> (StatusCode, String) {
+    let path = "/api/voice/inbound";
+    let params: Vec<(String, String)> = [("CallSid", sid), ("From", "+14165550123"), ("To", crate::inbound::CONTACT)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let url = format!("{}{path}", crate::inbound::APP_URL);
+    let signature = secur360::domain::twilio_signature::compute(&url, &params, crate::inbound::TOKEN);
+    let res = serve.client.post(serve.url(path)).header("x-twilio-signature", signature).form(&params).send().await;
+    let res = res.expect("the call webhook is answered");
+    (res.status(), res.text().await.unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,6 +204,7 @@ async fn forged(backend: Backend) {
         let (s, _) = twilio_post(&app, path, &[("CallSid", "CA1")], None).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
     }
+    app.state.call_log.flush().await;
     assert_eq!(
         (app.count("sms_inbound").await, app.count("consent_events").await, app.count("voice_calls").await),
         (0, 0, 0)
@@ -375,5 +376,6 @@ async fn without_an_owner_number_the_caller_hears_an_apology_and_the_call_ends()
     let doc = parse(&twiml);
     assert!(doc.descendants().any(|n| n.has_tag_name("Hangup")));
     assert!(!doc.descendants().any(|n| n.has_tag_name("Dial")));
+    app.state.call_log.flush().await;
     assert_eq!(app.count("voice_calls").await, 1);
 }

@@ -10,6 +10,7 @@ mod bad_input;
 mod billing;
 mod billing_localstripe;
 mod billing_webhooks;
+mod call_log;
 mod cdp;
 mod cli;
 mod consent_flow;

@@ -124,6 +124,22 @@ impl ServeProcess {
         }
     }
 
+    /// SIGTERM (a graceful stop: in-flight requests finish, queued work is recorded) and wait, within
+    /// [`READY_WITHIN`], for the process to exit; its exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the process is running");
+        let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {} failed", child.id());
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {READY_WITHIN:?} of SIGTERM", self.name);
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling for the exit, as a supervisor does
+        }
+    }
+
     /// Start again on the same environment (a new instance id, a new port).
     pub async fn restart(&mut self) {
         self.kill9();
