@@ -8,8 +8,13 @@ use crate::domain::ids::new_id;
 use crate::sms::twilio::SmsProvider;
 use crate::time::Clock;
 
+/// The state every handler and worker shares: one allocation behind an `Arc`, so that the several clones each
+/// request makes (middleware, extractors) are one reference count each, not a copy of the provider clients'
+/// strings (fields are reached through `Deref`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub settings: Arc<Settings>,
     pub db: Db,
     pub clock: Clock,
@@ -38,7 +43,7 @@ impl AppState {
             .build()?;
         let status_ingest = crate::sms::ingest::StatusIngest::start(db.clone());
         let call_log = crate::inbound::call_log::CallLog::start(db.clone());
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             settings: Arc::new(settings),
             db,
             clock,
@@ -49,10 +54,18 @@ impl AppState {
             dispatch_wakeup: Default::default(),
             status_ingest,
             call_log,
-        })
+        })))
     }
 
     pub fn now(&self) -> i64 {
         self.clock.now_ms()
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
