@@ -64,7 +64,10 @@ pub fn http_request(route: &str, status: u16, seconds: f64) {
     let _ = handle();
     metrics::histogram!(HTTP_DURATION, "route" => route.to_owned(), "status" => status.to_string()).record(seconds);
     let mut routes = ROUTES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    routes.entry(route.to_owned()).or_default().observe(seconds);
+    match routes.get_mut(route) {
+        Some(latency) => latency.observe(seconds),
+        None => routes.entry(route.to_owned()).or_default().observe(seconds),
+    }
 }
 
 /// An SMS reached an outcome (`sent`, `delivered`, `failed`, `undelivered`, `simulated`…) for an alert kind.

@@ -24,7 +24,7 @@ use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Operator;
@@ -91,16 +91,13 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(refuse_unreadable_target))
-        .layer(middleware::from_fn(record_latency))
-        .layer(middleware::from_fn(database_scope))
+        .layer(middleware::from_fn(per_route))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors)
-        .layer(middleware::from_fn_with_state(state.clone(), canonical_host))
-        .layer(middleware::from_fn_with_state(state.clone(), security_headers))
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RequestIds::new()))
                 .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
                     let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
                     // The path only: query strings may carry user data.
@@ -112,6 +109,29 @@ pub fn router(state: AppState) -> Router {
                 })),
         )
         .with_state(state)
+}
+
+/// Request ids: a random prefix drawn once per router (so ids of two instances or two starts do not collide)
+/// and a counter. A UUID per request cost a `getrandom` system call each (1% of the voice endpoint's samples);
+/// a request id needs to be unique, not unpredictable.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: std::sync::Arc<str>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let prefix = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+        RequestIds { prefix: prefix.into(), next: Default::default() }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix)).ok().map(RequestId::new)
+    }
 }
 
 /// `GET /metrics` (operator token): Prometheus text, pool gauges refreshed at scrape time.
@@ -151,18 +171,20 @@ fn admin_pages() -> Router<AppState> {
         }))
 }
 
-/// Every request starts with no database scope (on PostgreSQL it sees no row); the authentication extractors
-/// narrow it to the caller's tenant or a named system context once the credential is verified (`db::scope`).
-async fn database_scope(req: Request, next: Next) -> Response {
-    crate::db::scope::run(crate::db::scope::Scope::None, next.run(req)).await
-}
-
-/// Latency of every request, labelled by the matched route (`unmatched` for the fallback), never the raw path.
-/// `Router::layer` wraps each route after routing, so `MatchedPath` is already in the request here.
-async fn record_latency(req: Request, next: Next) -> Response {
+/// The middleware of every matched route (one layer: each layer costs a boxed future and a service clone per
+/// request), in this order:
+/// - the request's latency, labelled by the matched route (`unmatched` for the fallback), never the raw path
+///   (`Router::layer` wraps each route after routing, so `MatchedPath` is already in the request here);
+/// - a target that cannot be read refused ([`unreadable_target`]);
+/// - every request starts with no database scope (on PostgreSQL it sees no row); the authentication extractors
+///   narrow it to the caller's tenant or a named system context once the credential is verified (`db::scope`).
+async fn per_route(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or(crate::metrics::UNMATCHED, |m| m.as_str()).to_owned();
     let started = Instant::now();
-    let res = next.run(req).await;
+    let res = match unreadable_target(&req) {
+        Some(refused) => refused.into_response(),
+        None => crate::db::scope::run(crate::db::scope::Scope::None, next.run(req)).await,
+    };
     crate::metrics::http_request(&route, res.status().as_u16(), started.elapsed().as_secs_f64());
     res
 }
@@ -190,20 +212,18 @@ fn percent_decoded(s: &str) -> Vec<u8> {
 
 /// 400 for a path that does not decode to UTF-8 (axum answered in plain text) or decodes to a NUL, and for a
 /// query that decodes to a NUL: PostgreSQL `text` cannot hold U+0000, so such ids failed with a 500.
-async fn refuse_unreadable_target(req: Request, next: Next) -> Response {
+fn unreadable_target(req: &Request) -> Option<ApiError> {
     let path = percent_decoded(req.uri().path());
     if std::str::from_utf8(&path).is_err() || path.contains(&0) {
-        return ApiError::bad_request(
+        return Some(ApiError::bad_request(
             "invalid_path",
             "the path is not valid: once percent-decoded it must be UTF-8 without NUL characters",
-        )
-        .into_response();
+        ));
     }
     if req.uri().query().is_some_and(|q| percent_decoded(q).contains(&0)) {
-        return ApiError::bad_request("invalid_query", "the query string must not contain NUL characters (%00)")
-            .into_response();
+        return Some(ApiError::bad_request("invalid_query", "the query string must not contain NUL characters (%00)"));
     }
-    next.run(req).await
+    None
 }
 
 async fn not_found() -> ApiError {
@@ -214,31 +234,38 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
 }
 
+/// The outer middleware of every request (one layer): `www.<apex>` → 308 to the apex ([`canonical_redirect`]),
+/// and the security headers on every answer, redirects and CORS answers included.
+async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut res = match canonical_redirect(&state, &req) {
+        Some(redirect) => redirect,
+        None => next.run(req).await,
+    };
+    security_headers(&state, res.headers_mut());
+    res
+}
+
 /// `www.<apex>` → 308 to the same path and query on the apex of `APP_URL`.
-async fn canonical_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+fn canonical_redirect(state: &AppState, req: &Request) -> Option<Response> {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(|h| h.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(h, _)| h))
         .map(str::to_ascii_lowercase);
-    if let (Some(host), Some(apex)) = (host, state.settings.apex_host()) {
-        if host.strip_prefix("www.") == Some(apex.as_str()) {
-            let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            let mut target = state.settings.app_url.clone();
-            let _ = target.set_host(Some(&apex));
-            let location = format!("{}{}", target.origin().ascii_serialization(), pq);
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                return (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, v)]).into_response();
-            }
-        }
+    let (host, apex) = (host?, state.settings.apex_host()?);
+    if host.strip_prefix("www.") != Some(apex.as_str()) {
+        return None;
     }
-    next.run(req).await
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut target = state.settings.app_url.clone();
+    let _ = target.set_host(Some(&apex));
+    let location = format!("{}{}", target.origin().ascii_serialization(), pq);
+    let location = HeaderValue::from_str(&location).ok()?;
+    Some((StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response())
 }
 
-async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
-    let h = res.headers_mut();
+fn security_headers(state: &AppState, h: &mut axum::http::HeaderMap) {
     let set = |h: &mut axum::http::HeaderMap, name: HeaderName, value: &'static str| {
         h.entry(name).or_insert(HeaderValue::from_static(value));
     };
@@ -257,5 +284,4 @@ async fn security_headers(State(state): State<AppState>, req: Request, next: Nex
     if state.settings.app_url.scheme() == "https" {
         set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains");
     }
-    res
 }
