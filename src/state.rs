@@ -31,6 +31,8 @@ pub struct Shared {
     pub status_ingest: crate::sms::ingest::StatusIngest,
     /// This instance's record of inbound calls, written off the answer path (`inbound::call_log`).
     pub call_log: crate::inbound::call_log::CallLog,
+    /// The TwiML answering every inbound call, rendered once from the settings (`inbound::voice`).
+    pub voice_answer: axum::body::Bytes,
 }
 
 impl AppState {
@@ -43,6 +45,7 @@ impl AppState {
             .build()?;
         let status_ingest = crate::sms::ingest::StatusIngest::start(db.clone());
         let call_log = crate::inbound::call_log::CallLog::start(db.clone());
+        let voice_answer = crate::inbound::voice::inbound_answer(&settings).into();
         Ok(AppState(Arc::new(Shared {
             settings: Arc::new(settings),
             db,
@@ -54,6 +57,7 @@ impl AppState {
             dispatch_wakeup: Default::default(),
             status_ingest,
             call_log,
+            voice_answer,
         })))
     }
 

@@ -8,7 +8,7 @@ use crate::inbound;
 use crate::state::AppState;
 
 pub async fn sms_inbound(State(state): State<AppState>, form: TwilioForm) -> ApiResult<TwiMl> {
-    Ok(TwiMl(inbound::sms::handle(&state, &form).await?))
+    Ok(TwiMl(inbound::sms::handle(&state, &form).await?.into()))
 }
 
 pub async fn voice_inbound(State(state): State<AppState>, form: TwilioForm) -> ApiResult<TwiMl> {
@@ -16,5 +16,5 @@ pub async fn voice_inbound(State(state): State<AppState>, form: TwilioForm) -> A
 }
 
 pub async fn voice_dial_status(State(state): State<AppState>, form: TwilioForm) -> ApiResult<TwiMl> {
-    Ok(TwiMl(inbound::voice::dial_status(&state, &form).await?))
+    Ok(TwiMl(inbound::voice::dial_status(&state, &form).await?.into()))
 }

@@ -93,7 +93,7 @@ impl FromRequest<AppState> for TwilioForm {
 }
 
 /// A TwiML answer.
-pub struct TwiMl(pub String);
+pub struct TwiMl(pub axum::body::Bytes);
 
 impl IntoResponse for TwiMl {
     fn into_response(self) -> Response {

@@ -14,8 +14,9 @@
 //!   record; `POST /api/voice/dial-status`, which Twilio sends when the `<Dial>` ends, records the call
 //!   durably before it answers (it inserts the call when it is not there), so a forwarded call is still
 //!   recorded. Twilio's own call log keeps every call.
-//! - While the queue is full (the database unreachable for a long time), further calls are still put through
-//!   but not recorded here: each is logged as an error and counted in `voice_calls_unrecorded_total`.
+//! - A call that finds the queue full waits up to [`FULL_WAIT`] for room (so a burst is slowed to the pace of
+//!   the log, not dropped); still full after that (the database unreachable for a long time), it is put
+//!   through but not recorded here: logged as an error and counted in `voice_calls_unrecorded_total`.
 //!
 //! A call that cannot be recorded even alone (a statement error, not an outage) is given up after
 //! [`ALONE_ATTEMPTS`] attempts, logged and counted the same way, so one bad row never blocks the others.
@@ -37,15 +38,18 @@ use crate::domain::phone::Phone;
 pub const QUEUE_MAX: usize = 10_000;
 /// Most calls recorded in one transaction (in multi-row statements of 400).
 pub const BATCH_MAX: usize = 4096;
-/// The pause after each batch: calls arriving meanwhile are recorded together, and the webhook's hand-over
-/// does not wake the worker for each call. It bounds how long a call waits to be recorded (and so what a
-/// crash may miss) to about this plus one commit; at [`BATCH_MAX`] per pause the log keeps up with ~80,000
-/// calls/s.
+/// The pause after a batch that was not full: calls arriving meanwhile are recorded together, and the
+/// webhook's hand-over does not wake the worker for each call. It bounds how long a call waits to be recorded
+/// (and so what a crash may miss) to about this plus one commit, while calls arrive slower than the log
+/// records them; faster, full batches follow one another without a pause and the webhooks wait for room.
 pub const PAUSE: Duration = Duration::from_millis(50);
 /// Attempts for a call recorded alone (after its batch failed for a reason other than an outage).
 pub const ALONE_ATTEMPTS: u32 = 3;
 /// Attempts of a batch once a stop was asked for, so that a stop during an outage ends.
 const ATTEMPTS_WHEN_STOPPING: u32 = 3;
+/// How long a call waits for room in a full queue before it is answered unrecorded (Twilio waits 15 s for
+/// the answer; a SQLite commit may wait up to 5 s for the write lock).
+pub const FULL_WAIT: Duration = Duration::from_secs(5);
 /// The longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -87,18 +91,24 @@ impl CallLog {
         CallLog { inner: Arc::new(Inner { queue, stop, worker: Mutex::new(worker) }) }
     }
 
-    /// Queue `call` to be recorded; `false` when it could not be (queue full, or the log stopped): logged and
-    /// counted, the caller answers the call anyway.
-    pub fn record(&self, call: Call) -> bool {
-        let sid = call.call.sid.clone();
-        match self.inner.queue.try_send(Item::Call(call)) {
-            Ok(()) => true,
-            Err(e) => {
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "the call log is full (database unreachable?)",
-                    mpsc::error::TrySendError::Closed(_) => "the call log is stopped",
-                };
-                tracing::error!(call_sid = %sid, "inbound call answered but not recorded: {why}");
+    /// Queue `call` to be recorded; `false` when it could not be: logged and counted, and the caller answers
+    /// the call anyway. When the queue is full the call waits up to [`FULL_WAIT`] for room (calls arriving
+    /// faster than they are recorded are slowed to the log's pace instead of going unrecorded); still full
+    /// after that (the database unreachable for long), or the log stopped: not recorded.
+    pub async fn record(&self, call: Call) -> bool {
+        let item = match self.inner.queue.try_send(Item::Call(call)) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(Item::Call(call))) => {
+                return unrecorded(&call, "the call log is stopped")
+            }
+            Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) => item,
+        };
+        match tokio::time::timeout(FULL_WAIT, self.inner.queue.send(item)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(mpsc::error::SendError(Item::Call(call)))) => unrecorded(&call, "the call log is stopped"),
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::error!("inbound call answered but not recorded: the call log stayed full for {FULL_WAIT:?} (database unreachable?)");
                 crate::metrics::voice_calls_unrecorded(1);
                 false
             }
@@ -158,7 +168,8 @@ async fn worker(db: Db, mut items: mpsc::Receiver<Item>, mut stop: watch::Receiv
         for done in flushes {
             let _ = done.send(());
         }
-        if !*stop.borrow() {
+        // A full batch: more are waiting, record them at once; otherwise let the next batch gather.
+        if n < BATCH_MAX && !*stop.borrow() {
             tokio::select! {
                 _ = tokio::time::sleep(PAUSE) => {}
                 _ = stop.wait_for(|stopping| *stopping) => {}
@@ -206,6 +217,12 @@ async fn record_alone(db: &Db, call: &Call) {
             Err(_) => tokio::time::sleep(backoff(attempt)).await,
         }
     }
+}
+
+fn unrecorded(call: &Call, why: &str) -> bool {
+    tracing::error!(call_sid = %call.call.sid, "inbound call answered but not recorded: {why}");
+    crate::metrics::voice_calls_unrecorded(1);
+    false
 }
 
 fn give_up(calls: &[Call], e: &sqlx::Error) {

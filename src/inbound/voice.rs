@@ -1,11 +1,13 @@
 //! Voice (SPEC §5): greet in French then English and forward to `OWNER_MOBILE`; when nobody answers, invite
 //! the caller to text and tell the owner by SMS (through the queue). Every call is recorded.
 
+use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::audit::{self, Entry, Zone};
 use super::call_log::Call;
+use crate::audit::{self, Entry, Zone};
+use crate::config::Settings;
 use crate::db::voice::NewCall;
 use crate::domain::ids::new_id;
 use crate::domain::twiml::{self, Verb};
@@ -26,30 +28,39 @@ const SORRY_EN: &str =
 const MISSED_FR: &str = "Nous n'avons pas pu répondre. Envoyez-nous un texto à ce numéro et nous vous rappellerons.";
 const MISSED_EN: &str = "We could not answer. Please text this number and we will call you back.";
 
-/// `POST /api/voice/inbound`: the TwiML at once, from the configuration alone; the call is handed to the call
-/// log, which records it (and audits a new one) off the answer path (`call_log`: a database outage does not
-/// stop calls being put through; `dial-status` records the call durably when the `<Dial>` ends).
-pub async fn inbound(state: &AppState, form: &TwilioForm) -> ApiResult<String> {
+/// `POST /api/voice/inbound`: the TwiML at once ([`inbound_answer`], rendered once at start-up from the
+/// configuration); the call is handed to the call log, which records it (and audits a new one) off the answer
+/// path (`call_log`: a database outage does not stop calls being put through; `dial-status` records the call
+/// durably when the `<Dial>` ends).
+pub async fn inbound(state: &AppState, form: &TwilioForm) -> ApiResult<Bytes> {
     let sid = form.require("CallSid")?.to_owned();
-    let owner = state.settings.owner_mobile.as_ref();
-    state.call_log.record(Call {
-        call: NewCall {
-            sid,
-            from: form.get("From").unwrap_or_default().to_owned(),
-            to: form.get("To").unwrap_or_default().to_owned(),
-            status: form.get("CallStatus").unwrap_or("ringing").to_owned(),
-            at: state.now(),
-        },
-        forwarded: owner.is_some(),
-    });
-    Ok(match owner {
+    state
+        .call_log
+        .record(Call {
+            call: NewCall {
+                sid,
+                from: form.get("From").unwrap_or_default().to_owned(),
+                to: form.get("To").unwrap_or_default().to_owned(),
+                status: form.get("CallStatus").unwrap_or("ringing").to_owned(),
+                at: state.now(),
+            },
+            forwarded: state.settings.owner_mobile.is_some(),
+        })
+        .await;
+    Ok(state.voice_answer.clone())
+}
+
+/// The answer to every inbound call: greet in French then English and `<Dial>` `OWNER_MOBILE` with the absolute
+/// `dial-status` action; without an owner number, an apology and hang up.
+pub fn inbound_answer(settings: &Settings) -> String {
+    match &settings.owner_mobile {
         Some(owner) => twiml::response(&[
             Verb::Say { language: "fr-CA", text: GREETING_FR },
             Verb::Say { language: "en-CA", text: GREETING_EN },
             Verb::Dial {
                 number: owner.as_str(),
                 timeout_secs: DIAL_TIMEOUT_SECS,
-                action: &state.settings.absolute_url("/api/voice/dial-status"),
+                action: &settings.absolute_url("/api/voice/dial-status"),
             },
         ]),
         None => twiml::response(&[
@@ -57,7 +68,7 @@ pub async fn inbound(state: &AppState, form: &TwilioForm) -> ApiResult<String> {
             Verb::Say { language: "en-CA", text: SORRY_EN },
             Verb::Hangup,
         ]),
-    })
+    }
 }
 
 /// `POST /api/voice/dial-status`: the outcome of the `<Dial>`.

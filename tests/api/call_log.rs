@@ -14,13 +14,7 @@ use crate::inbound::{app_with, twilio_post, CONTACT, OWNER, TOKEN};
 
 fn call(sid: &str, from: &str, at: i64) -> Call {
     Call {
-        call: NewCall {
-            sid: sid.into(),
-            from: from.into(),
-            to: CONTACT.into(),
-            status: "ringing".into(),
-            at,
-        },
+        call: NewCall { sid: sid.into(), from: from.into(), to: CONTACT.into(), status: "ringing".into(), at },
         forwarded: true,
     }
 }
@@ -120,13 +114,13 @@ async fn stop_records_the_queue(backend: Backend) {
     let log = CallLog::start(app.state.db.clone());
     let now = app.state.now();
     for i in 0..300 {
-        assert!(log.record(call(&format!("CAq{i:03}"), "+14165550123", now)));
+        assert!(log.record(call(&format!("CAq{i:03}"), "+14165550123", now)).await);
     }
     log.shutdown().await;
     assert_eq!(app.count("voice_calls").await, 300);
     assert_eq!(audited(&app).await.len(), 300);
     // Stopped: a call is refused by the log (the webhook still answers it; it is logged and counted).
-    assert!(!log.record(call("CAlate", "+14165550123", now)));
+    assert!(!log.record(call("CAlate", "+14165550123", now)).await);
     log.flush().await; // returns at once once stopped
     assert_eq!(app.count("voice_calls").await, 300);
 }
