@@ -24,6 +24,8 @@ pub struct AppState {
     pub dispatch_wakeup: Arc<tokio::sync::Notify>,
     /// This instance's status-callback ingest task (group commit; `sms::ingest`).
     pub status_ingest: crate::sms::ingest::StatusIngest,
+    /// This instance's ingest workers for new Stripe events (group commit; `billing::ingest`).
+    pub stripe_ingest: crate::billing::ingest::StripeIngest,
 }
 
 impl AppState {
@@ -35,8 +37,10 @@ impl AppState {
             .user_agent(concat!("secur360/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let status_ingest = crate::sms::ingest::StatusIngest::start(db.clone());
+        let settings = Arc::new(settings);
+        let stripe_ingest = crate::billing::ingest::StripeIngest::start(db.clone(), settings.clone());
         Ok(AppState {
-            settings: Arc::new(settings),
+            settings,
             db,
             clock,
             sms,
@@ -45,6 +49,7 @@ impl AppState {
             probes: Default::default(),
             dispatch_wakeup: Default::default(),
             status_ingest,
+            stripe_ingest,
         })
     }
 
