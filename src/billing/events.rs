@@ -474,8 +474,15 @@ async fn process_claimed(state: &AppState, id: &str, now: i64) -> anyhow::Result
 
 /// The audit row of an applied event (none for an ignored one), in the transaction that applied it.
 async fn audit_applied(tx: &mut Tx, ev: &Event, source: &str, applied: &Applied, now: i64) -> anyhow::Result<()> {
+    if let Some(entry) = audit_entry(ev, source, applied) {
+        audit::append(tx, &entry, now).await?;
+    }
+    Ok(())
+}
+
+fn audit_entry(ev: &Event, source: &str, applied: &Applied) -> Option<Entry> {
     if applied.ignored {
-        return Ok(());
+        return None;
     }
     let (zone, action) = if source == "sync" { (Zone::Billing, "sync") } else { (Zone::Stripe, "webhook_event") };
     let mut entry = Entry::new(zone, action, "stripe").subject(&ev.id).outcome(applied.outcome).details(json!({
@@ -487,8 +494,7 @@ async fn audit_applied(tx: &mut Tx, ev: &Event, source: &str, applied: &Applied,
     if let Some(t) = &applied.tenant_id {
         entry = entry.tenant(t);
     }
-    audit::append(tx, &entry, now).await?;
-    Ok(())
+    Some(entry)
 }
 
 /// A new event, ready to be applied with others in one transaction ([`apply_batch`]): parsed, its row, its
@@ -534,15 +540,26 @@ async fn try_apply_batch(
 ) -> Result<Vec<Option<&'static str>>, sqlx::Error> {
     let savepoints = batch.len() > 1;
     let mut answers = Vec::with_capacity(batch.len());
+    let mut audits = Vec::with_capacity(batch.len());
+    let mut at = i64::MIN;
     let mut tx = db.begin().await?;
     for (i, item) in batch.into_iter().enumerate() {
         if savepoints {
             // One round trip: the previous event's savepoint (applied or rolled back) is released, this one's set.
-            let sql = if i == 0 { "SAVEPOINT stripe_event" } else { "RELEASE SAVEPOINT stripe_event; SAVEPOINT stripe_event" };
+            let sql = if i == 0 {
+                "SAVEPOINT stripe_event"
+            } else {
+                "RELEASE SAVEPOINT stripe_event; SAVEPOINT stripe_event"
+            };
             execute(&mut tx, sql).await?;
         }
+        let received = item.now;
         match apply_stored(prices, &mut tx, item).await {
-            Ok(Some(status)) => answers.push(Some(status)),
+            Ok(Some((status, entry))) => {
+                answers.push(Some(status));
+                audits.extend(entry);
+                at = at.max(received);
+            }
             outcome => {
                 if let Err(e) = outcome {
                     tracing::debug!(error = %format!("{e:#}"), "one-commit apply failed; taking the stored path");
@@ -555,14 +572,20 @@ async fn try_apply_batch(
             }
         }
     }
-    // The commit releases the last savepoint.
+    // The audit rows of the applied events in one statement (timed at the batch's latest receipt), then one commit
+    // (which releases the last savepoint). Should either fail, no event of the batch remains.
+    audit::append_many(&mut tx, &audits, at).await?;
     tx.commit().await?;
     Ok(answers)
 }
 
-/// Apply `item`, store it as applied and audit it, in `tx`. `Ok(None)`: it was already stored (this attempt's
-/// writes must be rolled back by the caller).
-async fn apply_stored(prices: &StripeSettings, tx: &mut Tx, item: NewEvent) -> anyhow::Result<Option<&'static str>> {
+/// Apply `item` and store it as applied, in `tx`: its status and its audit row (to be appended in the same
+/// transaction). `Ok(None)`: it was already stored (this attempt's writes must be rolled back by the caller).
+async fn apply_stored(
+    prices: &StripeSettings,
+    tx: &mut Tx,
+    item: NewEvent,
+) -> anyhow::Result<Option<(&'static str, Option<Entry>)>> {
     let NewEvent { ev, row, pre, now } = item;
     let applied = apply_in(prices, tx, &ev, pre, now).await?;
     let mut stored = row;
@@ -574,8 +597,7 @@ async fn apply_stored(prices: &StripeSettings, tx: &mut Tx, item: NewEvent) -> a
     if !store::insert_event_in(tx, &stored).await? {
         return Ok(None);
     }
-    audit_applied(tx, &ev, &stored.source, &applied, now).await?;
-    Ok(Some(applied.status()))
+    Ok(Some((applied.status(), audit_entry(&ev, &stored.source, &applied))))
 }
 
 async fn execute(tx: &mut Tx, sql: &'static str) -> Result<(), sqlx::Error> {

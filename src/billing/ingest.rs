@@ -3,7 +3,7 @@
 //!
 //! A request verifies the signature, parses the event and does its network reads (`events::prefetch`), then
 //! hands the event over a bounded queue with a one-shot reply and waits for it. A worker takes whatever is
-//! waiting (the first event, then those already queued, up to [`BATCH_MAX`]; no timer: a lone event is applied at
+//! waiting (the first event, then those already queued, up to [`BATCH_MAX`], 64 on PostgreSQL; no timer: a lone event is applied at
 //! once) and applies the batch (`events::apply_batch`): each event in a savepoint of its own, so an event that
 //! fails or is already stored (a redelivery, or a second delivery in the same batch) is rolled back alone and the
 //! others are committed. Each request is answered once the batch is committed: applied, or "take the stored
@@ -30,8 +30,11 @@ use crate::config::Settings;
 use crate::db::{Backend, Db};
 use crate::error::{ApiError, ApiResult};
 
-/// Most events applied in one transaction.
+/// Most events applied in one transaction on SQLite.
 pub const BATCH_MAX: usize = 256;
+/// On PostgreSQL: each event's savepoint is a subtransaction, and past 64 in one transaction PostgreSQL's
+/// per-backend cache of subtransaction ids overflows (every snapshot, in every session, then reads pg_subtrans).
+const POSTGRES_BATCH_MAX: usize = 64;
 /// Most events waiting for the ingest workers; beyond, requests are answered 503 at once.
 pub const QUEUE_MAX: usize = 4096;
 /// Batches in flight at once on PostgreSQL. SQLite has one writer: one batch at a time.
@@ -77,15 +80,15 @@ impl StripeIngest {
     pub fn start(db: Db, settings: Arc<Settings>) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE_MAX);
         let (stop, stopped) = watch::channel(false);
-        let count = match db.backend() {
-            Backend::Postgres => POSTGRES_WORKERS,
-            Backend::Sqlite => 1,
+        let (count, batch_max) = match db.backend() {
+            Backend::Postgres => (POSTGRES_WORKERS, POSTGRES_BATCH_MAX),
+            Backend::Sqlite => (1, BATCH_MAX),
         };
         let intake: Intake = Arc::new(tokio::sync::Mutex::new(jobs));
         let workers = match tokio::runtime::Handle::try_current() {
             Ok(runtime) => (0..count)
                 .map(|_| {
-                    let work = worker(db.clone(), settings.clone(), intake.clone(), stopped.clone());
+                    let work = worker(db.clone(), settings.clone(), intake.clone(), stopped.clone(), batch_max);
                     runtime.spawn(crate::db::scope::system("stripe-webhook", work))
                 })
                 .collect(),
@@ -129,13 +132,13 @@ fn stopped() -> ApiError {
         .with_retry_after(5)
 }
 
-async fn worker(db: Db, settings: Arc<Settings>, intake: Intake, mut stop: watch::Receiver<bool>) {
-    let mut jobs = Vec::with_capacity(BATCH_MAX);
+async fn worker(db: Db, settings: Arc<Settings>, intake: Intake, mut stop: watch::Receiver<bool>, batch_max: usize) {
+    let mut jobs = Vec::with_capacity(batch_max);
     loop {
         let mut queue = intake.lock().await;
         let taken = tokio::select! {
             biased;
-            n = queue.recv_many(&mut jobs, BATCH_MAX) => Some(n),
+            n = queue.recv_many(&mut jobs, batch_max) => Some(n),
             _ = stop.changed() => None,
         };
         let Some(n) = taken else {

@@ -65,7 +65,9 @@ pub async fn receive(state: &AppState, signature: Option<&str>, body: &[u8]) -> 
                 return Ok(Receipt { received: true, event_id: ev.id, duplicate: false, status });
             }
         }
-        Err(e) => tracing::debug!(event_id = %ev.id, error = %format!("{e:#}"), "prefetch failed; taking the stored path"),
+        Err(e) => {
+            tracing::debug!(event_id = %ev.id, error = %format!("{e:#}"), "prefetch failed; taking the stored path")
+        }
     }
     // Already stored (a redelivery), or applying it in its batch failed: store it (once) and take the stored
     // path, which claims it, applies it or records the failure for the retries.

@@ -55,11 +55,19 @@ async fn status_of(app: &TestApp, id: &str) -> String {
 /// Make the database refuse to store invoice `in_poison` (a trigger): an honest SQL failure inside a batch.
 async fn poison_invoice(app: &TestApp) {
     match app.backend {
-        Backend::Sqlite => app.exec("CREATE TRIGGER poison BEFORE INSERT ON invoices \
-            WHEN NEW.stripe_invoice_id = 'in_poison' BEGIN SELECT RAISE(ABORT, 'refused'); END").await,
+        Backend::Sqlite => {
+            app.exec(
+                "CREATE TRIGGER poison BEFORE INSERT ON invoices \
+            WHEN NEW.stripe_invoice_id = 'in_poison' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            )
+            .await
+        }
         Backend::Postgres => {
-            app.exec("CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-                IF NEW.stripe_invoice_id = 'in_poison' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$").await;
+            app.exec(
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                IF NEW.stripe_invoice_id = 'in_poison' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$",
+            )
+            .await;
             app.exec("CREATE TRIGGER poison BEFORE INSERT ON invoices FOR EACH ROW EXECUTE FUNCTION poison()").await;
         }
     }
