@@ -513,24 +513,15 @@ pub struct NewEvent {
 /// failed, or the whole transaction failed): nothing of it remains, and its request takes the stored path
 /// ([`process`]), which claims the stored event or stores it and records a failure for the retries. Either way
 /// nothing is answered before a commit. A lone event needs no savepoint: the transaction is its savepoint.
-///
-/// (A boxed `Send` future: spawned in the ingest workers, where the compiler cannot prove an `async fn` this deep
-/// `Send` for every lifetime.)
-pub fn apply_batch<'a>(
-    db: &'a Db,
-    prices: &'a StripeSettings,
-    batch: Vec<NewEvent>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Option<&'static str>>> + Send + 'a>> {
-    Box::pin(async move {
-        let n = batch.len();
-        match try_apply_batch(db, prices, batch).await {
-            Ok(answers) => answers,
-            Err(e) => {
-                tracing::warn!(events = n, error = %e, "Stripe event batch failed; its events take the stored path");
-                vec![None; n]
-            }
+pub async fn apply_batch(db: &Db, prices: &StripeSettings, batch: Vec<NewEvent>) -> Vec<Option<&'static str>> {
+    let n = batch.len();
+    match try_apply_batch(db, prices, batch).await {
+        Ok(answers) => answers,
+        Err(e) => {
+            tracing::warn!(events = n, error = %e, "Stripe event batch failed; its events take the stored path");
+            vec![None; n]
         }
-    })
+    }
 }
 
 async fn try_apply_batch(
