@@ -89,13 +89,15 @@ impl Application {
         }
         tracing::info!(addr = %self.local_addr(), backend = ?self.state.db.backend(), "secur360 listening");
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
-        // Stop background work, let it finish its current step (the status-callback ingest: its queue, answered
-        // by now since no request is in flight; the call log: the calls it still holds), then close the pool.
+        // Stop background work, let it finish its current step (the status-callback and Stripe event ingests:
+        // their queues, answered by now since no request is in flight; the call log: the calls it still holds),
+        // then close the pool.
         let _ = stop_tx.send(true);
         for task in background {
             let _ = task.await;
         }
         self.state.status_ingest.shutdown().await;
+        self.state.stripe_ingest.shutdown().await;
         self.state.call_log.shutdown().await;
         served.context("HTTP server failed")?;
         self.state.db.close().await;

@@ -29,6 +29,8 @@ pub struct Shared {
     pub dispatch_wakeup: Arc<tokio::sync::Notify>,
     /// This instance's status-callback ingest task (group commit; `sms::ingest`).
     pub status_ingest: crate::sms::ingest::StatusIngest,
+    /// This instance's ingest workers for new Stripe events (group commit; `billing::ingest`).
+    pub stripe_ingest: crate::billing::ingest::StripeIngest,
     /// This instance's record of inbound calls, written off the answer path (`inbound::call_log`).
     pub call_log: crate::inbound::call_log::CallLog,
     /// The TwiML answering every inbound call, rendered once from the settings (`inbound::voice`).
@@ -44,10 +46,12 @@ impl AppState {
             .user_agent(concat!("secur360/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let status_ingest = crate::sms::ingest::StatusIngest::start(db.clone());
+        let settings = Arc::new(settings);
+        let stripe_ingest = crate::billing::ingest::StripeIngest::start(db.clone(), settings.clone());
         let call_log = crate::inbound::call_log::CallLog::start(db.clone());
         let voice_answer = crate::inbound::voice::inbound_answer(&settings).into();
         Ok(AppState(Arc::new(Shared {
-            settings: Arc::new(settings),
+            settings,
             db,
             clock,
             sms,
@@ -56,6 +60,7 @@ impl AppState {
             probes: Default::default(),
             dispatch_wakeup: Default::default(),
             status_ingest,
+            stripe_ingest,
             call_log,
             voice_answer,
         })))

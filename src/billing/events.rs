@@ -1,6 +1,7 @@
 //! Applying Stripe events and objects to the local mirror.
 //!
-//! A new webhook event is applied, stored as processed and audited in one commit ([`apply_new`]). Otherwise (a
+//! A new webhook event is applied, stored as processed and audited in one commit shared with the other new events
+//! of its batch ([`apply_batch`]). Otherwise (a
 //! redelivery, a failure, the daily sync) an event is first stored (`billing_events`, once by id), then claimed
 //! with a short lease by exactly one processor, applied in one transaction together with its audit row and its
 //! `processed` mark, or marked `failed` with the error and a next attempt time. [`retry_failed`] re-applies failed, pending and stuck events.
@@ -13,7 +14,8 @@ use super::stripe::StripeClient;
 use crate::audit::{self, Entry, Outcome, Zone};
 use crate::config::StripeSettings;
 use crate::db::billing::{self as store, CustomerRow, EventRow, InvoiceRow, SubscriptionRow};
-use crate::db::Tx;
+use crate::db::{Db, Tx};
+use crate::on_tx;
 use crate::state::AppState;
 
 /// How long a processor owns an event before another may take it over.
@@ -329,7 +331,7 @@ pub struct Prefetched {
     subscription: Option<Value>,
 }
 
-async fn prefetch(state: &AppState, ev: &Event) -> anyhow::Result<Prefetched> {
+pub async fn prefetch(state: &AppState, ev: &Event) -> anyhow::Result<Prefetched> {
     let mut out = Prefetched::default();
     if matches!(ev.event_type.as_str(), "checkout.session.completed" | "checkout.session.async_payment_succeeded") {
         if let (Some(sub), Ok(client)) =
@@ -342,9 +344,14 @@ async fn prefetch(state: &AppState, ev: &Event) -> anyhow::Result<Prefetched> {
     Ok(out)
 }
 
-async fn apply_in(state: &AppState, tx: &mut Tx, ev: &Event, pre: Prefetched, now: i64) -> anyhow::Result<Applied> {
+async fn apply_in(
+    prices: &StripeSettings,
+    tx: &mut Tx,
+    ev: &Event,
+    pre: Prefetched,
+    now: i64,
+) -> anyhow::Result<Applied> {
     let obj = &ev.object;
-    let prices = &state.settings.stripe;
     let w = ev.watermark();
     let done = |tenant: Option<String>, changed: bool| Applied {
         tenant_id: tenant,
@@ -456,7 +463,7 @@ async fn process_claimed(state: &AppState, id: &str, now: i64) -> anyhow::Result
     let ev = Event::parse(&payload).map_err(|e| anyhow!(e))?;
     let pre = prefetch(state, &ev).await?;
     let mut tx = state.db.begin().await?;
-    let applied = apply_in(state, &mut tx, &ev, pre, now).await?;
+    let applied = apply_in(&state.settings.stripe, &mut tx, &ev, pre, now).await?;
     if !store::finish_event(&mut tx, id, applied.status(), applied.tenant_id.as_deref(), now).await? {
         bail!("lost the processing lease of event {id}");
     }
@@ -467,8 +474,15 @@ async fn process_claimed(state: &AppState, id: &str, now: i64) -> anyhow::Result
 
 /// The audit row of an applied event (none for an ignored one), in the transaction that applied it.
 async fn audit_applied(tx: &mut Tx, ev: &Event, source: &str, applied: &Applied, now: i64) -> anyhow::Result<()> {
+    if let Some(entry) = audit_entry(ev, source, applied) {
+        audit::append(tx, &entry, now).await?;
+    }
+    Ok(())
+}
+
+fn audit_entry(ev: &Event, source: &str, applied: &Applied) -> Option<Entry> {
     if applied.ignored {
-        return Ok(());
+        return None;
     }
     let (zone, action) = if source == "sync" { (Zone::Billing, "sync") } else { (Zone::Stripe, "webhook_event") };
     let mut entry = Entry::new(zone, action, "stripe").subject(&ev.id).outcome(applied.outcome).details(json!({
@@ -480,41 +494,107 @@ async fn audit_applied(tx: &mut Tx, ev: &Event, source: &str, applied: &Applied,
     if let Some(t) = &applied.tenant_id {
         entry = entry.tenant(t);
     }
-    audit::append(tx, &entry, now).await?;
-    Ok(())
+    Some(entry)
 }
 
-/// A new event in one transaction: applied, stored as `processed` (or `ignored`) and audited in one commit,
-/// instead of three (store, claim, apply); `Some(status)` once committed. `None` when that did not happen (the event was already stored —
-/// a redelivery, or a concurrent delivery that committed first — or applying it failed): nothing of this
-/// attempt remains, and the caller takes the stored path ([`process`]), which claims the stored event or stores
-/// it and records a failure for the retries. Either way nothing is answered before a commit.
-pub async fn apply_new(state: &AppState, ev: &Event, row: &EventRow, now: i64) -> Option<&'static str> {
-    match try_apply_new(state, ev, row, now).await {
-        Ok(done) => done,
+/// A new event, ready to be applied with others in one transaction ([`apply_batch`]): parsed, its row, its
+/// network reads done, and the time it was received.
+pub struct NewEvent {
+    pub ev: Event,
+    pub row: EventRow,
+    pub pre: Prefetched,
+    pub now: i64,
+}
+
+/// New events in one transaction (group commit, [`super::ingest`]): each one applied, stored as `processed` (or
+/// `ignored`) and audited inside a savepoint of its own, one commit for all. One answer per event, in order:
+/// `Some(status)` once committed; `None` when that event was not applied here (already stored — a redelivery,
+/// the same event earlier in this batch, or a concurrent delivery that committed first — or applying it
+/// failed, or the whole transaction failed): nothing of it remains, and its request takes the stored path
+/// ([`process`]), which claims the stored event or stores it and records a failure for the retries. Either way
+/// nothing is answered before a commit. A lone event needs no savepoint: the transaction is its savepoint.
+pub async fn apply_batch(db: &Db, prices: &StripeSettings, batch: Vec<NewEvent>) -> Vec<Option<&'static str>> {
+    let n = batch.len();
+    match try_apply_batch(db, prices, batch).await {
+        Ok(answers) => answers,
         Err(e) => {
-            tracing::debug!(event_id = %ev.id, error = %format!("{e:#}"), "one-commit apply failed; taking the stored path");
-            None
+            tracing::warn!(events = n, error = %e, "Stripe event batch failed; its events take the stored path");
+            vec![None; n]
         }
     }
 }
 
-async fn try_apply_new(state: &AppState, ev: &Event, row: &EventRow, now: i64) -> anyhow::Result<Option<&'static str>> {
-    let pre = prefetch(state, ev).await?;
-    let mut tx = state.db.begin().await?;
-    let applied = apply_in(state, &mut tx, ev, pre, now).await?;
-    let mut stored = row.clone();
+async fn try_apply_batch(
+    db: &Db,
+    prices: &StripeSettings,
+    batch: Vec<NewEvent>,
+) -> Result<Vec<Option<&'static str>>, sqlx::Error> {
+    let savepoints = batch.len() > 1;
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut audits = Vec::with_capacity(batch.len());
+    let mut at = i64::MIN;
+    let mut tx = db.begin().await?;
+    for (i, item) in batch.into_iter().enumerate() {
+        if savepoints {
+            // One round trip: the previous event's savepoint (applied or rolled back) is released, this one's set.
+            let sql = if i == 0 {
+                "SAVEPOINT stripe_event"
+            } else {
+                "RELEASE SAVEPOINT stripe_event; SAVEPOINT stripe_event"
+            };
+            execute(&mut tx, sql).await?;
+        }
+        let received = item.now;
+        match apply_stored(prices, &mut tx, item).await {
+            Ok(Some((status, entry))) => {
+                answers.push(Some(status));
+                audits.extend(entry);
+                at = at.max(received);
+            }
+            outcome => {
+                if let Err(e) = outcome {
+                    tracing::debug!(error = %format!("{e:#}"), "one-commit apply failed; taking the stored path");
+                }
+                if !savepoints {
+                    return Ok(vec![None]); // the transaction is rolled back when dropped
+                }
+                execute(&mut tx, "ROLLBACK TO SAVEPOINT stripe_event").await?;
+                answers.push(None);
+            }
+        }
+    }
+    // The audit rows of the applied events in one statement (timed at the batch's latest receipt), then one commit
+    // (which releases the last savepoint). Should either fail, no event of the batch remains.
+    audit::append_many(&mut tx, &audits, at).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// Apply `item` and store it as applied, in `tx`: its status and its audit row (to be appended in the same
+/// transaction). `Ok(None)`: it was already stored (this attempt's writes must be rolled back by the caller).
+async fn apply_stored(
+    prices: &StripeSettings,
+    tx: &mut Tx,
+    item: NewEvent,
+) -> anyhow::Result<Option<(&'static str, Option<Entry>)>> {
+    let NewEvent { ev, row, pre, now } = item;
+    let applied = apply_in(prices, tx, &ev, pre, now).await?;
+    let mut stored = row;
     stored.processing_status = applied.status().to_owned();
     stored.tenant_id = applied.tenant_id.clone();
     stored.attempts = 1;
     stored.processed_at = Some(now);
     // A unique id: a concurrent delivery of the same event waits here for the other's commit, then finds it.
-    if !store::insert_event_in(&mut tx, &stored).await? {
+    if !store::insert_event_in(tx, &stored).await? {
         return Ok(None);
     }
-    audit_applied(&mut tx, ev, &row.source, &applied, now).await?;
-    tx.commit().await?;
-    Ok(Some(applied.status()))
+    Ok(Some((applied.status(), audit_entry(&ev, &stored.source, &applied))))
+}
+
+async fn execute(tx: &mut Tx, sql: &'static str) -> Result<(), sqlx::Error> {
+    // A `&str` without arguments: PostgreSQL's simple protocol, which takes several statements at once.
+    use sqlx::Executor;
+    on_tx!(tx, c => c.execute(sql).await.map(|r| r.rows_affected())).map(|_| ())
 }
 
 /// Exponential backoff with jitter: 30 s, 1 min, 2 min … capped at one hour.

@@ -2,6 +2,7 @@
 //! operations (SPEC §3). The mirror tables are in `db::billing`; access rules in `domain::billing`.
 
 pub mod events;
+pub mod ingest;
 pub mod service;
 pub mod stripe;
 pub mod sync;

@@ -1,9 +1,10 @@
 //! Intake of Stripe webhooks: verify the signature over the raw body, store the event once, apply it (a new
-//! event in one commit with its audit row; see [`events::apply_new`]).
+//! event in one commit with its audit row, shared with the other new events of its batch; see
+//! [`super::ingest`]).
 
 use serde_json::Value;
 
-use super::events::{self, Event, Processed};
+use super::events::{self, Event, NewEvent, Processed};
 use crate::db::billing as store;
 use crate::domain::stripe_signature::{self, StripeSignatureError, DEFAULT_TOLERANCE_SECS};
 use crate::error::ApiError;
@@ -21,7 +22,8 @@ pub struct Receipt {
 }
 
 /// Verify, store, apply. Errors: 503 when no secret is configured (fail closed), 400 for a missing/bad signature
-/// or a malformed event (nothing stored), 500 when applying failed (recorded as `failed`, retried later).
+/// or a malformed event (nothing stored), 500 when applying failed (recorded as `failed`, retried later), 503 when
+/// the ingest workers are saturated or stopped (nothing stored; Stripe retries).
 pub async fn receive(state: &AppState, signature: Option<&str>, body: &[u8]) -> Result<Receipt, ApiError> {
     let secrets: Vec<&str> = state.settings.stripe.webhook_secrets.iter().map(|s| s.expose()).collect();
     if secrets.is_empty() {
@@ -55,11 +57,20 @@ pub async fn receive(state: &AppState, signature: Option<&str>, body: &[u8]) -> 
         let inserted = store::insert_event(&state.db, &row).await?;
         return Ok(Receipt { received: true, event_id: ev.id, duplicate: !inserted, status: "ignored" });
     }
-    if let Some(status) = events::apply_new(state, &ev, &row, now).await {
-        return Ok(Receipt { received: true, event_id: ev.id, duplicate: false, status });
+    // Network reads first, outside any transaction; then the event joins a batch (one commit for many events).
+    match events::prefetch(state, &ev).await {
+        Ok(pre) => {
+            let new = NewEvent { ev: ev.clone(), row: row.clone(), pre, now };
+            if let Some(status) = state.stripe_ingest.submit(new).await? {
+                return Ok(Receipt { received: true, event_id: ev.id, duplicate: false, status });
+            }
+        }
+        Err(e) => {
+            tracing::debug!(event_id = %ev.id, error = %format!("{e:#}"), "prefetch failed; taking the stored path")
+        }
     }
-    // Already stored (a redelivery), or applying it in one go failed: store it (once) and take the stored path,
-    // which claims it, applies it or records the failure for the retries.
+    // Already stored (a redelivery), or applying it in its batch failed: store it (once) and take the stored
+    // path, which claims it, applies it or records the failure for the retries.
     store::insert_event(&state.db, &row).await?;
     match events::process(state, &ev.id, now).await {
         Ok(Processed::Done) => Ok(Receipt { received: true, event_id: ev.id, duplicate: false, status: "processed" }),

@@ -32,6 +32,7 @@ mod sms;
 mod status;
 mod status_batch;
 mod store;
+mod stripe_batch;
 mod tenants;
 mod twilio_contract;
 mod verification;
