@@ -20,10 +20,12 @@ pub struct NewEvent<'a> {
     pub status: &'a str,
     pub error_code: Option<&'a str>,
     pub at: i64,
+    /// Applied as it is stored (its SID's message is known and locked); `false`: kept for the dispatcher.
+    pub applied: bool,
 }
 
-/// Store callbacks, not applied yet, in the order given (their ids grow in that order: the dispatcher applies
-/// the ones for a SID it has not recorded yet in id order).
+/// Store callbacks in the order given (their ids grow in that order: the dispatcher applies the ones not
+/// applied yet, for a SID it has not recorded yet, in id order).
 pub async fn insert_events(tx: &mut Tx, events: &[NewEvent<'_>]) -> Result<(), sqlx::Error> {
     for chunk in events.chunks(CHUNK) {
         on_tx!(tx, c => {
@@ -31,7 +33,7 @@ pub async fn insert_events(tx: &mut Tx, events: &[NewEvent<'_>]) -> Result<(), s
                 "INSERT INTO sms_status_events (twilio_sid, status, error_code, applied, received_at) ",
             );
             q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.sid).push_bind(e.status).push_bind(e.error_code).push_bind(false).push_bind(e.at);
+                b.push_bind(e.sid).push_bind(e.status).push_bind(e.error_code).push_bind(e.applied).push_bind(e.at);
             });
             q.build().execute(&mut *c).await.map(|r| r.rows_affected())
         })?;

@@ -109,11 +109,6 @@ pub async fn apply_locked(mut tx: Tx, batch: &[Callback]) -> Result<Vec<Applied>
     let mut sids: Vec<&str> = batch.iter().map(|c| c.sid.as_str()).collect();
     sids.sort_unstable();
     sids.dedup();
-    let events: Vec<NewEvent> = batch
-        .iter()
-        .map(|c| NewEvent { sid: &c.sid, status: &c.status, error_code: c.error_code.as_deref(), at: c.received_at })
-        .collect();
-    sms_status::insert_events(&mut tx, &events).await?;
     let rows = sms_status::messages_by_sids(&mut tx, &sids).await?;
     let mut messages: HashMap<&str, Moving> = rows
         .iter()
@@ -122,6 +117,19 @@ pub async fn apply_locked(mut tx: Tx, batch: &[Callback]) -> Result<Vec<Applied>
             (row.twilio_sid.as_str(), Moving { row, status, error_code: None, moved_at: None })
         })
         .collect();
+    // A callback whose message is known is stored already applied: marking it afterwards was an update (and,
+    // `applied` being indexed, a new index entry in each index of the table) per callback.
+    let events: Vec<NewEvent> = batch
+        .iter()
+        .map(|c| NewEvent {
+            sid: &c.sid,
+            status: &c.status,
+            error_code: c.error_code.as_deref(),
+            at: c.received_at,
+            applied: messages.contains_key(c.sid.as_str()),
+        })
+        .collect();
+    sms_status::insert_events(&mut tx, &events).await?;
     let mut applied = Vec::with_capacity(batch.len());
     let mut outcomes: Vec<(&str, MessageStatus)> = Vec::new();
     for cb in batch {
@@ -171,6 +179,8 @@ pub async fn apply_locked(mut tx: Tx, batch: &[Callback]) -> Result<Vec<Applied>
             .collect();
         sms_status::set_alert_statuses(&mut tx, &aggregates).await?;
     }
+    // Callbacks stored before their SID's message was known (normally taken by the dispatcher as it records
+    // the SID, under the same lock): applied now. Usually none, so no write.
     let mut known: Vec<&str> = messages.keys().copied().collect();
     known.sort_unstable();
     sms_status::mark_applied(&mut tx, &known).await?;
