@@ -14,6 +14,15 @@ pub struct Texts {
     pub forbidden_title: &'static str,
     pub forbidden_body: &'static str,
     pub back: &'static str,
+    pub invalid_request_title: &'static str,
+    pub form_content_type: &'static str,
+    pub form_malformed: &'static str,
+    pub form_too_large: &'static str,
+    pub form_nul: &'static str,
+    pub query_malformed: &'static str,
+    pub unknown_procedure: &'static str,
+    pub target_malformed: &'static str,
+    pub detail: &'static str,
     pub sec_dns: &'static str,
     pub sec_vars: &'static str,
     pub sec_stripe: &'static str,
@@ -99,6 +108,22 @@ pub const FR: Texts = Texts {
         "Le jeton anti-CSRF du formulaire est absent ou invalide, ou la requête vient d'une autre origine. \
                      Rien n'a été fait. Rechargez la page et recommencez.",
     back: "Retour au runbook",
+    invalid_request_title: "Requête invalide",
+    form_content_type: "Ce formulaire doit être envoyé encodé comme un formulaire HTML ordinaire \
+                        (Content-Type: application/x-www-form-urlencoded). Rien n'a été fait. \
+                        Renvoyez-le depuis la page, sans le modifier.",
+    form_malformed: "Le formulaire envoyé est mal formé et n'a pas pu être lu. Rien n'a été fait. \
+                     Rechargez la page et renvoyez le formulaire depuis celle-ci, sans le modifier.",
+    form_too_large: "Le formulaire dépasse la taille maximale acceptée. Rien n'a été fait. \
+                     Raccourcissez ses champs (un SMS de test fait au plus 1600 caractères) et renvoyez-le.",
+    form_nul: "Un champ du formulaire contient le caractère NUL, qui n'est pas accepté. Rien n'a été fait. \
+               Retirez-le et renvoyez le formulaire.",
+    unknown_procedure: "Cette procédure n'existe pas. Rien n'a été fait. Utilisez les boutons du runbook.",
+    query_malformed: "L'adresse de la page contient des paramètres invalides. \
+                      Ouvrez la page sans ces paramètres et utilisez ses liens et ses filtres.",
+    target_malformed: "L'adresse de la page n'est pas valide (encodage en pourcentage ou caractère NUL). \
+                       Ouvrez la page depuis ses liens, sans modifier son adresse.",
+    detail: "Détail :",
     sec_dns: "Domaine & DNS",
     sec_vars: "Variables",
     sec_stripe: "Stripe",
@@ -184,6 +209,22 @@ pub const EN: Texts = Texts {
     forbidden_body: "The form's anti-CSRF token is missing or invalid, or the request came from another origin. \
                      Nothing was done. Reload the page and try again.",
     back: "Back to the runbook",
+    invalid_request_title: "Invalid request",
+    form_content_type: "This form must be sent encoded as a plain HTML form \
+                        (Content-Type: application/x-www-form-urlencoded). Nothing was done. \
+                        Submit it again from the page, unmodified.",
+    form_malformed: "The form sent is malformed and could not be read. Nothing was done. \
+                     Reload the page and submit the form again from it, unmodified.",
+    form_too_large: "The form is larger than the accepted maximum. Nothing was done. \
+                     Shorten its fields (a test SMS is at most 1600 characters) and submit it again.",
+    form_nul: "A field of the form holds the NUL character, which is not accepted. Nothing was done. \
+               Remove it and submit the form again.",
+    unknown_procedure: "This procedure does not exist. Nothing was done. Use the runbook's buttons.",
+    query_malformed: "The page's address holds invalid parameters. \
+                      Open the page without them and use its links and filters.",
+    target_malformed: "The page's address is not valid (percent-encoding or a NUL character). \
+                       Open the page from its links, without editing its address.",
+    detail: "Detail:",
     sec_dns: "Domain & DNS",
     sec_vars: "Variables",
     sec_stripe: "Stripe",

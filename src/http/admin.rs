@@ -1,15 +1,21 @@
 //! `/admin/*`: the operator's runbook page (server-rendered with askama, auto-escaped, no JavaScript), its
 //! login/logout, and the procedure buttons (CSRF-protected POST forms that redirect back with the result).
 //!
+//! A request the pages cannot read (a form that is not form-encoded, too large or not of the form's shape; a query
+//! not of the page's shape; a path or query the router refuses) is answered with an error page in the operator's
+//! language ([`PageForm`], [`PageQuery`]), never with axum's plain-text rejections or the API's JSON.
+//!
 //! A procedure's result travels as `?result=<audit row id>`: the page reads that audit row (zone `admin`, written
 //! by the procedure handler) and shows its outcome and message. Nothing from the request is reflected, it works
 //! across instances, and the operator's view is exactly what the audit log recorded.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::RawFormRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawForm, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::Form;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -47,14 +53,137 @@ struct LoginPage {
     disabled: bool,
 }
 
+/// A refused request: what is wrong and what to do, and the parser's own words when they help.
 #[derive(Template)]
 #[template(path = "admin/error.html")]
-struct ForbiddenPage {
+struct ErrorPage<'a> {
     t: &'static Texts,
+    title: &'static str,
+    message: &'static str,
+    detail: Option<&'a str>,
 }
 
 fn forbidden(lang: &str) -> Response {
-    html(StatusCode::FORBIDDEN, &ForbiddenPage { t: texts(lang) })
+    let t = texts(lang);
+    html(StatusCode::FORBIDDEN, &ErrorPage { t, title: t.forbidden_title, message: t.forbidden_body, detail: None })
+}
+
+fn invalid(status: StatusCode, t: &'static Texts, message: &'static str, detail: Option<&str>) -> Response {
+    html(status, &ErrorPage { t, title: t.invalid_request_title, message, detail })
+}
+
+/// A form or query of the pages that cannot be read: answered with an error page ([`Malformed::page`]) instead of
+/// axum's plain-text rejection.
+struct Malformed {
+    status: StatusCode,
+    message: fn(&'static Texts) -> &'static str,
+    detail: Option<String>,
+}
+
+impl Malformed {
+    /// The page, in the language the request asks for (a `lang` in its query, or in its form when that can be
+    /// read as pairs), else the operator's session language, else French.
+    async fn page(self, state: &AppState, headers: &HeaderMap, query: Option<&str>, form: Option<&[u8]>) -> Response {
+        let t = match lang_given(query, form) {
+            Some(lang) => texts(&lang),
+            None => match admin::current_session(&state.db, headers, state.now()).await {
+                Ok(Some(session)) => texts(&session.language),
+                _ => texts("fr"),
+            },
+        };
+        invalid(self.status, t, (self.message)(t), self.detail.as_deref())
+    }
+}
+
+/// The first `lang` of the query, else of the form (pairs read leniently, whatever else is wrong with them).
+fn lang_given(query: Option<&str>, form: Option<&[u8]>) -> Option<String> {
+    let find =
+        |pairs: &[u8]| url::form_urlencoded::parse(pairs).find(|(k, _)| k == "lang").map(|(_, v)| v.into_owned());
+    query.map(str::as_bytes).and_then(find).or_else(|| form.and_then(find))
+}
+
+/// `Form<T>` for the pages' POST forms: a body that is not form-encoded (415), too large (413) or not of the
+/// form's shape (400: a field twice, a value of the wrong type) is answered with an HTML error page.
+pub struct PageForm<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for PageForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let query = req.uri().query().map(str::to_owned);
+        let (refused, form) = match RawForm::from_request(req, state).await {
+            Ok(RawForm(bytes)) => match serde_urlencoded::from_bytes::<T>(&bytes) {
+                Ok(form) => return Ok(PageForm(form)),
+                Err(e) => (
+                    Malformed {
+                        status: StatusCode::BAD_REQUEST,
+                        message: |t| t.form_malformed,
+                        detail: Some(e.to_string()),
+                    },
+                    Some(bytes),
+                ),
+            },
+            Err(RawFormRejection::InvalidFormContentType(_)) => {
+                let received =
+                    headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let detail = format!("Content-Type: {}", received.as_deref().unwrap_or("—"));
+                (
+                    Malformed {
+                        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        message: |t| t.form_content_type,
+                        detail: Some(detail),
+                    },
+                    None,
+                )
+            }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                let detail = format!("{} KiB max", super::MAX_BODY_BYTES / 1024);
+                (
+                    Malformed {
+                        status: StatusCode::PAYLOAD_TOO_LARGE,
+                        message: |t| t.form_too_large,
+                        detail: Some(detail),
+                    },
+                    None,
+                )
+            }
+            Err(e) => (
+                Malformed {
+                    status: StatusCode::BAD_REQUEST,
+                    message: |t| t.form_malformed,
+                    detail: Some(e.body_text()),
+                },
+                None,
+            ),
+        };
+        Err(refused.page(state, &headers, query.as_deref(), form.as_deref()).await)
+    }
+}
+
+/// `Query<T>` for the pages: a query not of the page's shape (a parameter twice, a value of the wrong type) is
+/// answered 400 with an HTML error page.
+pub struct PageQuery<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<AppState> for PageQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let detail = match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => return Ok(PageQuery(q)),
+            Err(e) => e.body_text(),
+        };
+        let m = Malformed { status: StatusCode::BAD_REQUEST, message: |t| t.query_malformed, detail: Some(detail) };
+        Err(m.page(state, &parts.headers, parts.uri.query(), None).await)
+    }
+}
+
+/// The pages' answer to a target the router middleware refuses ([`super::unreadable_target`]: a path that is not
+/// UTF-8 once percent-decoded, a NUL in the path or query): the same status, as an error page in the language the
+/// query asks for, else French.
+pub fn unreadable_target(refused: &ApiError, query: Option<&str>) -> Response {
+    let t = texts(lang_given(query, None).as_deref().unwrap_or("fr"));
+    invalid(refused.status, t, t.target_malformed, Some(&refused.message))
 }
 
 /// The live session, or the response to send instead (303 to the login form, or an error).
@@ -84,7 +213,11 @@ pub struct LangQuery {
     lang: Option<String>,
 }
 
-pub async fn login_form(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<LangQuery>) -> Response {
+pub async fn login_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageQuery(q): PageQuery<LangQuery>,
+) -> Response {
     if let Ok(Some(_)) = admin::current_session(&state.db, &headers, state.now()).await {
         return Redirect::to("/admin/runbook").into_response();
     }
@@ -104,7 +237,7 @@ pub async fn login(
     State(state): State<AppState>,
     ReqId(request_id): ReqId,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    PageForm(form): PageForm<LoginForm>,
 ) -> Response {
     let t = texts(&form.lang);
     if !admin::origin_allowed(&state.settings, &headers) {
@@ -154,7 +287,7 @@ pub async fn logout(
     State(state): State<AppState>,
     ReqId(request_id): ReqId,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> Response {
     let session = match session_for_post(&state, &headers, form.csrf_token.as_deref()).await {
         Ok(s) => s,
@@ -197,7 +330,7 @@ pub async fn procedure(
     ReqId(request_id): ReqId,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<ProcedureForm>,
+    PageForm(form): PageForm<ProcedureForm>,
 ) -> Response {
     let session = match session_for_post(&state, &headers, form.csrf_token.as_deref()).await {
         Ok(s) => s,
@@ -205,7 +338,8 @@ pub async fn procedure(
     };
     // PostgreSQL `text` cannot store U+0000 (the audit row of a hostile tenant or event id failed with a 500).
     if [&form.to, &form.body, &form.tenant_id, &form.event_id].into_iter().flatten().any(|v| v.contains('\0')) {
-        return ApiError::bad_request("invalid_field", "a form field holds the NUL character").into_response();
+        let t = texts(&session.language);
+        return invalid(StatusCode::BAD_REQUEST, t, t.form_nul, None);
     }
     let mut details = serde_json::Map::new();
     let mut subject = None;
@@ -249,7 +383,10 @@ pub async fn procedure(
             };
             ("event_replay", result)
         }
-        _ => return ApiError::not_found("procedure").into_response(),
+        _ => {
+            let t = texts(&session.language);
+            return invalid(StatusCode::NOT_FOUND, t, t.unknown_procedure, None);
+        }
     };
     let (outcome, message) = match result {
         Ok(m) => (Outcome::Success, m),
@@ -404,7 +541,11 @@ fn audit_link(zone: &Option<String>, action: &Option<String>, tenant: &Option<St
     format!("/admin/runbook?{}#audit", q.finish())
 }
 
-pub async fn runbook(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<RunbookQuery>) -> Response {
+pub async fn runbook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageQuery(q): PageQuery<RunbookQuery>,
+) -> Response {
     let mut session = match session_or_login(&state, &headers).await {
         Ok(s) => s,
         Err(res) => return res,

@@ -175,13 +175,15 @@ fn admin_pages() -> Router<AppState> {
 /// request), in this order:
 /// - the request's latency, labelled by the matched route (`unmatched` for the fallback), never the raw path
 ///   (`Router::layer` wraps each route after routing, so `MatchedPath` is already in the request here);
-/// - a target that cannot be read refused ([`unreadable_target`]);
+/// - a target that cannot be read refused ([`unreadable_target`]; on the admin pages with an HTML page);
 /// - every request starts with no database scope (on PostgreSQL it sees no row); the authentication extractors
 ///   narrow it to the caller's tenant or a named system context once the credential is verified (`db::scope`).
 async fn per_route(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or(crate::metrics::UNMATCHED, |m| m.as_str()).to_owned();
     let started = Instant::now();
     let res = match unreadable_target(&req) {
+        // The operator's pages answer with a page.
+        Some(refused) if route.starts_with("/admin") => admin::unreadable_target(&refused, req.uri().query()),
         Some(refused) => refused.into_response(),
         None => crate::db::scope::run(crate::db::scope::Scope::None, next.run(req)).await,
     };

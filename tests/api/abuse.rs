@@ -4,7 +4,7 @@
 //! used with tenant B's ids on every tenant endpoint.
 //!
 //! Every refused case must answer the expected 4xx with the SPEC §7 shape `{"error": {"code", "message"}}`
-//! (the admin pages answer HTML, their cases only check the status) and have NO effect: the row count and a
+//! (the admin pages answer an HTML error page instead) and have NO effect: the row count and a
 //! digest of the content of every table (read from the catalog, so a new table is covered without edits) are
 //! the same before and after. A hostile value in a free-text field is data: it is accepted, echoed verbatim
 //! and only the expected tables change.
@@ -178,6 +178,9 @@ fn changed_tables(before: &[(String, i64, String)], after: &[(String, i64, Strin
 
 /// An expected refusal: status and §7 error code.
 type Expect = (StatusCode, &'static str);
+
+/// (label, path, content type, body, expected status, words of the page answered)
+type AdminFormCase = (&'static str, &'static str, &'static str, Vec<u8>, StatusCode, &'static str);
 
 /// (label, path and query requested, content type, body, X-Twilio-Signature, expected)
 type TwilioCase = (&'static str, String, Option<&'static str>, Vec<u8>, Option<String>, Expect);
@@ -1000,22 +1003,38 @@ both_backends! {
         let huge = format!("csrf_token={csrf}&body={}", "x".repeat(300 * 1024));
         let form = "application/x-www-form-urlencoded";
         let before = state(&app).await;
-        // (label, path, content type, body, expected status)
-        let cases: Vec<(&str, &str, &str, Vec<u8>, StatusCode)> = vec![
-            ("logout without CSRF", "/admin/logout", form, b"".to_vec(), StatusCode::FORBIDDEN),
-            ("logout with a wrong CSRF", "/admin/logout", form, b"csrf_token=%27%20OR%201=1--".to_vec(), StatusCode::FORBIDDEN),
-            ("procedure without CSRF", "/admin/procedures/billing-sync", form, b"".to_vec(), StatusCode::FORBIDDEN),
-            ("procedure with a NUL CSRF", "/admin/procedures/billing-sync", form, b"csrf_token=%00".to_vec(), StatusCode::FORBIDDEN),
-            ("unknown procedure", "/admin/procedures/..%2f..%2fetc%2fpasswd", form, format!("csrf_token={csrf}").into_bytes(), StatusCode::NOT_FOUND),
-            ("procedure too large", "/admin/procedures/send-test-sms", form, huge.into_bytes(), StatusCode::PAYLOAD_TOO_LARGE),
-            ("procedure as JSON", "/admin/procedures/send-test-sms", "application/json", b"{}".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        let twice = format!("csrf_token={csrf}&csrf_token={csrf}");
+        let cases: Vec<AdminFormCase> = vec![
+            ("logout without CSRF", "/admin/logout", form, b"".to_vec(), StatusCode::FORBIDDEN, "Requête refusée"),
+            ("logout with a wrong CSRF", "/admin/logout", form, b"csrf_token=%27%20OR%201=1--".to_vec(), StatusCode::FORBIDDEN, "Requête refusée"),
+            ("procedure without CSRF", "/admin/procedures/billing-sync", form, b"".to_vec(), StatusCode::FORBIDDEN, "Requête refusée"),
+            ("procedure with a NUL CSRF", "/admin/procedures/billing-sync", form, b"csrf_token=%00".to_vec(), StatusCode::FORBIDDEN, "Requête refusée"),
+            ("unknown procedure", "/admin/procedures/..%2f..%2fetc%2fpasswd", form, format!("csrf_token={csrf}").into_bytes(), StatusCode::NOT_FOUND, "n&#39;existe pas"),
+            ("procedure too large", "/admin/procedures/send-test-sms", form, huge.into_bytes(), StatusCode::PAYLOAD_TOO_LARGE, "taille maximale"),
+            ("procedure as JSON", "/admin/procedures/send-test-sms", "application/json", b"{}".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/x-www-form-urlencoded"),
+            ("procedure as text", "/admin/procedures/billing-sync", "text/plain", format!("csrf_token={csrf}").into_bytes(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type: text/plain"),
+            ("procedure with a field twice", "/admin/procedures/billing-sync", form, twice.clone().into_bytes(), StatusCode::BAD_REQUEST, "duplicate field"),
+            ("logout with a field twice", "/admin/logout", form, twice.into_bytes(), StatusCode::BAD_REQUEST, "mal formé"),
+            ("login with a field twice", "/admin/login", form, format!("token={ADMIN_TOKEN}&token=x").into_bytes(), StatusCode::BAD_REQUEST, "mal formé"),
+            ("login as JSON", "/admin/login", "application/json", format!("{{\"token\": \"{ADMIN_TOKEN}\"}}").into_bytes(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "Requête invalide"),
+            ("procedure in an invalid UTF-8 path", "/admin/procedures/%ff%fe", form, format!("csrf_token={csrf}").into_bytes(), StatusCode::BAD_REQUEST, "pas valide"),
         ];
-        for (label, path, ctype, body, want) in &cases {
+        for (label, path, ctype, body, want, words) in &cases {
             let (s, res) = raw(&app, "POST", path, &[("Cookie", &cookie), ("Content-Type", ctype)], body).await;
             assert_eq!(s, *want, "{label}: {res}");
-            if res.is_object() {
-                error_code(&res);
-            }
+            let page = res.as_str().unwrap_or_else(|| panic!("{label}: not an HTML page: {res}"));
+            assert!(page.starts_with("<!DOCTYPE html>") && page.contains(words), "{label}: {page}");
+        }
+        // The runbook's query: a parameter twice, a NUL.
+        for (label, target, words) in [
+            ("a parameter twice", "/admin/runbook?zone=dns&zone=sms", "duplicate field"),
+            ("a NUL", "/admin/runbook?action=a%00b", "NUL"),
+            ("a NUL in the login form's", "/admin/login?lang=%00", "NUL"),
+        ] {
+            let (s, res) = raw(&app, "GET", target, &[("Cookie", &cookie)], b"").await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{label}: {res}");
+            let page = res.as_str().unwrap_or_else(|| panic!("{label}: not an HTML page: {res}"));
+            assert!(page.starts_with("<!DOCTYPE html>") && page.contains(words), "{label}: {page}");
         }
         assert_eq!(changed(&before, &state(&app).await), Vec::<String>::new(), "refused admin forms changed nothing");
         // Hostile values in the procedures' fields are refused or handled as data: never a 5xx.
@@ -1024,7 +1043,8 @@ both_backends! {
                 let body = serde_urlencoded::to_string([("csrf_token", csrf.as_str()), (field, value.as_str()), ("body", "x")]).unwrap();
                 let (s, res) = raw(&app, "POST", &format!("/admin/procedures/{name}"), &[("Cookie", &cookie), ("Content-Type", form)], body.as_bytes()).await;
                 if value.contains('\0') {
-                    assert_refused(&format!("{name} {field} = {vlabel}"), s, &res, StatusCode::BAD_REQUEST, "invalid_field");
+                    assert_eq!(s, StatusCode::BAD_REQUEST, "{name} {field} = {vlabel}: {res}");
+                    assert!(res.as_str().is_some_and(|p| p.contains("caractère NUL")), "{name} {field} = {vlabel}: {res}");
                 } else {
                     assert_eq!(s, StatusCode::SEE_OTHER, "{name} {field} = {vlabel}: {res}");
                 }

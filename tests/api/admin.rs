@@ -47,6 +47,21 @@ async fn admin_rows(app: &TestApp, action: &str) -> Vec<audit::AuditRow> {
     audit::query(&app.db, &f).await.unwrap()
 }
 
+/// A refused request's answer: an HTML page with the security headers (the middleware's), and no session cookie.
+async fn error_page(res: reqwest::Response) -> (StatusCode, String) {
+    let status = res.status();
+    let h = res.headers();
+    assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"), "{status}: {h:?}");
+    assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert!(h[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("script-src 'none'"));
+    assert_eq!(h[header::CACHE_CONTROL], "no-store");
+    assert!(h.get(header::SET_COOKIE).is_none());
+    let body = res.text().await.unwrap();
+    assert!(body.starts_with("<!DOCTYPE html>") && body.contains("id=\"error-message\""), "{body}");
+    (status, body)
+}
+
 /// The value of the first sample line starting with `prefix` in Prometheus text, 0 when absent.
 fn sample(text: &str, prefix: &str) -> f64 {
     text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).map_or(0.0, |v| v.parse().unwrap())
@@ -203,6 +218,93 @@ both_backends! {
         assert!(older.contains("before="), "{older}");
         let (_, body, _) = page(&app, &token, &older).await;
         assert!(body.contains("{&#34;i&#34;:4}") && !body.contains("{&#34;i&#34;:29}"));
+    }
+
+    async fn a_malformed_login_form_or_query_gets_an_html_page_naming_the_problem_and_the_fix(app) {
+        let before = app.snapshot().await;
+        let login = || app.client.post(app.url("/admin/login"));
+        // Not form-encoded: 415, in French by default, with what was received (escaped as text).
+        let res = login().header(header::CONTENT_TYPE, "application/json").body(format!("{{\"token\": \"{ADMIN_TOKEN}\"}}")).send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(body.contains("<html lang=\"fr\">") && body.contains("Requête invalide"), "{body}");
+        assert!(body.contains("formulaire HTML ordinaire") && body.contains("Content-Type: application/json"), "{body}");
+        let res = login().body(format!("token={ADMIN_TOKEN}")).send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "no content type");
+        assert!(body.contains("Content-Type: —"), "{body}");
+        let res = login().header(header::CONTENT_TYPE, "text/<b>x</b>").body("token=x").send().await.unwrap();
+        let (_, body) = error_page(res).await;
+        assert!(body.contains("Content-Type: text/&#60;b&#62;x&#60;/b&#62;") && !body.contains("<b>"), "{body}");
+        // In English when the request asks for it: in its query, or in the form itself.
+        let res = app.client.post(app.url("/admin/login?lang=en")).header(header::CONTENT_TYPE, "text/plain").body("token=x").send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(body.contains("<html lang=\"en\">") && body.contains("Invalid request") && body.contains("plain HTML form"), "{body}");
+        // A field twice: 400, the parser's words as the detail.
+        let res = login().form(&[("token", ADMIN_TOKEN), ("token", "x"), ("lang", "en")]).send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("The form sent is malformed") && body.contains("duplicate field `token`"), "{body}");
+        // Too large: 413.
+        let res = login().form(&[("token", "x".repeat(300 * 1024))]).send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("taille maximale") && body.contains("256 KiB"), "{body}");
+        // The login form's query: a parameter twice (the first `lang` is the page's language).
+        let res = app.client.get(app.url("/admin/login?lang=en&lang=fr")).send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("invalid parameters") && body.contains("duplicate field `lang`"), "{body}");
+        // Invalid percent-escapes are taken as text (as browsers do): the form is shown.
+        let (s, body, _) = page(&app, "none", "/admin/login?lang=%zz%").await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.contains("Connexion opérateur"), "{body}");
+        // A NUL: refused by the router's middleware, with a page here too.
+        let res = app.client.get(app.url("/admin/login?lang=en&x=%00")).send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("The page&#39;s address is not valid"), "{body}");
+        // Nothing was done: no session, no audited login attempt.
+        assert_eq!(app.snapshot().await, before);
+        assert_eq!(app.count("admin_sessions").await, 0);
+    }
+
+    async fn malformed_forms_and_queries_of_a_session_are_explained_in_its_language_without_effect(app) {
+        let (_, token) = login(&app).await;
+        let (_, body, _) = page(&app, &token, "/admin/runbook?lang=en").await;
+        let csrf = csrf_of(&body);
+        let before = app.snapshot().await;
+        let cookie = format!("s360_session={token}");
+        let res = app.client.get(app.url("/admin/runbook?zone=dns&zone=sms")).header(header::COOKIE, &cookie).send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("Invalid request") && body.contains("The page&#39;s address holds invalid parameters"), "{body}");
+        assert!(body.contains("duplicate field `zone`"), "{body}");
+        let res = app.client.post(app.url("/admin/procedures/send-test-sms")).header(header::COOKIE, &cookie)
+            .json(&json!({ "csrf_token": csrf, "to": "+15145550123", "body": "x" })).send().await.unwrap();
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(body.contains("This form must be sent encoded as a plain HTML form"), "{body}");
+        let res = post_form(&app, &token, "/admin/procedures/send-test-sms",
+            &[("csrf_token", &csrf), ("to", "+15145550123"), ("to", "+15145550124"), ("body", "x")]).await;
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("duplicate field `to`"), "{body}");
+        let res = post_form(&app, &token, "/admin/procedures/send-test-sms", &[("csrf_token", &csrf), ("to", "+15145550123"), ("body", "a\0b")]).await;
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("NUL character"), "{body}");
+        let res = post_form(&app, &token, "/admin/procedures/no-such-procedure", &[("csrf_token", &csrf)]).await;
+        let (s, body) = error_page(res).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(body.contains("This procedure does not exist"), "{body}");
+        let res = post_form(&app, &token, "/admin/logout", &[("csrf_token", &csrf), ("csrf_token", &csrf)]).await;
+        let (s, _) = error_page(res).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(app.snapshot().await, before, "a refused form has no effect");
+        assert!(admin_rows(&app, "send_sms").await.is_empty() && admin_rows(&app, "logout").await.is_empty());
+        assert_eq!(app.count("admin_sessions").await, 1, "still logged in");
     }
 
     async fn logout_ends_the_session_on_the_server(app) {

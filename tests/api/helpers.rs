@@ -133,14 +133,29 @@ pub async fn spawn_app_with(backend: Backend, vars: &[(&str, &str)]) -> TestApp 
 /// dispatcher loop does not run: tests call `dispatcher::run_once(&app.state, now)`.
 pub async fn spawn_app_at(backend: Backend, vars: &[(String, String)], clock: Clock) -> TestApp {
     let (db, db_url, dir) = fresh_database(backend).await;
+    start_instance(backend, db, test_env(&db_url, vars), clock, dir).await
+}
+
+/// A loopback bind, the test database and `ADMIN_TOKEN`, then `vars`.
+fn test_env(db_url: &str, vars: &[(String, String)]) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("BIND_ADDR".into(), "127.0.0.1:0".into());
-    env.insert("DATABASE_URL".into(), db_url.clone());
+    env.insert("DATABASE_URL".into(), db_url.to_owned());
     env.insert("ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
     for (k, v) in vars {
         env.insert(k.to_string(), v.to_string());
     }
-    start_instance(backend, db, env, clock, dir).await
+    env
+}
+
+/// The database handle an instance runs on: on PostgreSQL its own pool as the runtime role; on SQLite `db`.
+async fn instance_db(backend: Backend, db: &Db, settings: &Settings) -> Db {
+    let app_db = match backend {
+        Backend::Sqlite => db.clone(),
+        Backend::Postgres => Db::connect(settings.database_url.expose(), 5).await.expect("connect as the runtime role"),
+    };
+    app_db.check_runtime_role().await.expect("the test app runs as a role bound by row-level security");
+    app_db
 }
 
 /// Build and serve one instance of the app on `env` (its `DATABASE_URL`). On PostgreSQL it gets its own pool as the
@@ -153,11 +168,7 @@ async fn start_instance(
     dir: Option<tempfile::TempDir>,
 ) -> TestApp {
     let settings = Settings::from_vars(env.clone()).expect("test settings are valid");
-    let app_db = match backend {
-        Backend::Sqlite => db.clone(),
-        Backend::Postgres => Db::connect(settings.database_url.expose(), 5).await.expect("connect as the runtime role"),
-    };
-    app_db.check_runtime_role().await.expect("the test app runs as a role bound by row-level security");
+    let app_db = instance_db(backend, &db, &settings).await;
     let app = Application::build_with(settings, app_db, clock.clone()).await.expect("build app");
     let address = format!("http://{}", app.local_addr());
     let state = app.state().clone();
@@ -167,6 +178,57 @@ async fn start_instance(
     }));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     TestApp { backend, address, db, state, clock, client, env, _dir: dir, _shutdown: tx }
+}
+
+/// The workers of an instance built by [`spawn_app_with_stalled_workers`]: its status-callback and Stripe event
+/// ingest workers (and its call log) were spawned on a Tokio runtime that nothing drives. They hold their queues'
+/// receiving ends, so the queues stay open, but never take a job: a queue fills for real, as behind workers stuck
+/// on a database that does not answer. Dropping this drops the workers, and with them the jobs still queued
+/// (unanswered: the requests waiting on them are told the workers are gone).
+pub struct StalledWorkers(Option<tokio::runtime::Runtime>);
+
+impl Drop for StalledWorkers {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            // Drops the never-polled worker tasks now, without the blocking wait a plain drop does (refused inside
+            // the test's runtime).
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The app served as [`spawn_app_at`] serves it (the same state, router and middleware), except that its
+/// background workers are spawned on a runtime that never runs them ([`StalledWorkers`]). `Application` spawns
+/// them on the current runtime, so the state is built here, under the stalled runtime's context, and the
+/// router served on the test's runtime.
+pub async fn spawn_app_with_stalled_workers(
+    backend: Backend,
+    vars: &[(String, String)],
+    clock: Clock,
+) -> (TestApp, StalledWorkers) {
+    let (db, db_url, dir) = fresh_database(backend).await;
+    let env = test_env(&db_url, vars);
+    let settings = Settings::from_vars(env.clone()).expect("test settings are valid");
+    let app_db = instance_db(backend, &db, &settings).await;
+    let stalled = tokio::runtime::Builder::new_current_thread().build().expect("a runtime for the stalled workers");
+    let state = {
+        let _spawn_there = stalled.enter();
+        AppState::new(settings, app_db, clock.clone()).expect("app state")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let router = secur360::http::router(state.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let app = TestApp { backend, address, db, state, clock, client, env, _dir: dir, _shutdown: tx };
+    (app, StalledWorkers(Some(stalled)))
 }
 
 impl TestApp {

@@ -1,14 +1,14 @@
 //! Status callbacks applied in batches (group commit, `sms::ingest`): the same result as one by one, whatever a
 //! batch holds; every callback of concurrent requests stored and applied; a failing callback fails alone; 503
-//! when the ingest task is not taking callbacks. Batches are driven directly (`apply_batch`, `apply_all`) in the
-//! Twilio webhook's database context, as the ingest task runs them.
+//! when the ingest task is not taking callbacks, and at once when its queue is full. Batches are driven directly
+//! (`apply_batch`, `apply_all`) in the Twilio webhook's database context, as the ingest task runs them.
 
 use reqwest::{Method, StatusCode};
 use secur360::db::scope;
 use secur360::domain::sms_status::MessageStatus::{Delivered, Sent, Undelivered};
 use secur360::domain::twilio_signature;
 use secur360::on_db;
-use secur360::sms::ingest::apply_all;
+use secur360::sms::ingest::{apply_all, QUEUE_MAX};
 use secur360::sms::status::{apply_batch, Applied, Callback};
 use serde_json::json;
 
@@ -71,22 +71,17 @@ async fn unapplied(app: &TestApp) -> i64 {
 }
 
 async fn signed(app: &TestApp, sid: &str, status: &str) -> (StatusCode, serde_json::Value) {
+    read(signed_response(app, sid, status).await).await
+}
+
+async fn signed_response(app: &TestApp, sid: &str, status: &str) -> reqwest::Response {
     let params: Vec<(String, String)> =
         [("MessageSid", sid), ("MessageStatus", status), ("AccountSid", fake_twilio::ACCOUNT_SID)]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
     let sig = twilio_signature::compute(STATUS_URL, &params, fake_twilio::AUTH_TOKEN);
-    read(
-        app.client
-            .post(app.url("/api/sms/status"))
-            .form(&params)
-            .header("X-Twilio-Signature", sig)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    app.client.post(app.url("/api/sms/status")).form(&params).header("X-Twilio-Signature", sig).send().await.unwrap()
 }
 
 /// An alert to `n` consenting workers, dispatched: its id; its messages hold `sid(1)` … `sid(n)`.
@@ -210,5 +205,57 @@ batch_tests! {
         assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "status_ingest_stopped"), "{b}");
         assert_eq!(app.count("sms_status_events").await, events);
         assert_eq!(message(&app, &sid(1)).await.0, "sent");
+    }
+}
+
+/// A full queue: an instance whose ingest workers never take a job ([`StalledWorkers`]) gets `QUEUE_MAX` callbacks
+/// waiting, each submitted as a request submits it (polled once, it has queued its job and waits for the answer);
+/// the next callback is answered 503 `status_ingest_busy` with `Retry-After` at once, and nothing is stored.
+async fn a_full_queue_answers_503_at_once_and_stores_nothing(backend: Backend) {
+    let fake = crate::fake_twilio::FakeTwilio::start().await;
+    let (app, stalled) = spawn_app_with_stalled_workers(backend, &fake.vars(), secur360::time::Clock::manual(T0)).await;
+    let before = app.snapshot().await;
+    let mut waiting = Vec::with_capacity(QUEUE_MAX);
+    for n in 0..QUEUE_MAX {
+        let mut submission = Box::pin(app.state.status_ingest.submit(cb(&sid(n), "delivered", None)));
+        assert!(futures::poll!(submission.as_mut()).is_pending(), "callback {n} answered before the queue was full");
+        waiting.push(submission);
+    }
+
+    // Over HTTP: 503 with the error body and Retry-After, within a bound (a request that waited for room would not).
+    let res =
+        tokio::time::timeout(std::time::Duration::from_secs(10), signed_response(&app, &sid(QUEUE_MAX), "delivered"))
+            .await
+            .expect("a full queue is answered at once, never waited on");
+    assert_eq!(res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()).as_deref(), Some("1"));
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let (s, b) = read(res).await;
+    assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "status_ingest_busy"), "{b}");
+    // Submitted directly: refused on its first poll.
+    use futures::FutureExt;
+    let refused = app.state.status_ingest.submit(cb(&sid(QUEUE_MAX + 1), "sent", None)).now_or_never();
+    let err = refused.expect("answered at once").expect_err("refused");
+    assert_eq!((err.status.as_u16(), err.code, err.retry_after), (503, "status_ingest_busy", Some(1)));
+    assert_eq!(app.snapshot().await, before, "a refused callback is not stored");
+
+    // The workers gone, the callbacks that waited are answered (503 stopped: Twilio retries them), none left hanging.
+    drop(stalled);
+    for answer in futures::future::join_all(waiting).await {
+        assert_eq!(answer.expect_err("never applied").code, "status_ingest_stopped");
+    }
+    assert_eq!(app.snapshot().await, before);
+}
+
+mod a_full_queue_is_answered_503_at_once_with_retry_after_and_nothing_is_stored {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        a_full_queue_answers_503_at_once_and_stores_nothing(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        a_full_queue_answers_503_at_once_and_stores_nothing(Backend::Postgres).await;
     }
 }

@@ -1,15 +1,16 @@
 //! New Stripe events applied in batches (group commit, `billing::ingest`): every event of concurrent deliveries
 //! applied, stored once and audited once; an event that fails fails alone (500, stored `failed` for the retries);
 //! duplicate deliveries inside a batch and across concurrent batches have one effect; shutdown applies the
-//! queued events, then refuses (503). Batches are driven directly (`apply_batch`, the ingest's `enqueue`) in the
+//! queued events, then refuses (503); a full queue refuses at once (503). Batches are driven directly (`apply_batch`, the ingest's `enqueue`) in the
 //! Stripe webhook's database context, as the ingest workers run them.
 
 use reqwest::StatusCode;
 use secur360::billing::events::{apply_batch, Event, NewEvent, Prefetched};
+use secur360::billing::ingest::QUEUE_MAX;
 use secur360::db::scope;
 use secur360::on_db;
 
-use crate::billing_webhooks::{deliver, event, link_customer, sub_object, webhook_vars};
+use crate::billing_webhooks::{deliver, event, link_customer, sub_object, webhook_vars, SECRET};
 use crate::both_backends;
 use crate::helpers::*;
 
@@ -195,5 +196,71 @@ both_backends! {
         assert_eq!(stored_and_audited(&app, "evt_99").await, (0, 0));
         let err = app.state.stripe_ingest.enqueue(new_event(&app, &invoice_event(98, "cus_acme"))).err().unwrap();
         assert_eq!(err.status.as_u16(), 503);
+    }
+}
+
+/// A full queue: an instance whose ingest workers never take a job ([`StalledWorkers`]) gets `QUEUE_MAX` events
+/// queued; the next new event is answered 503 `stripe_ingest_busy` with `Retry-After` at once (Stripe retries),
+/// and nothing of it is stored.
+async fn a_full_queue_answers_503_at_once_and_stores_nothing(backend: Backend) {
+    let vars: Vec<(String, String)> = webhook_vars().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let (app, stalled) = spawn_app_with_stalled_workers(backend, &vars, secur360::time::Clock::system()).await;
+    app.tenant_with_key("acme").await;
+    link_customer(&app, "acme", "cus_acme").await;
+    let before = (app.snapshot().await, app.count("billing_events").await, app.count("invoices").await);
+    let waiting: Vec<_> = (0..QUEUE_MAX)
+        .map(|n| {
+            app.state.stripe_ingest.enqueue(new_event(&app, &invoice_event(n, "cus_acme"))).expect("room in the queue")
+        })
+        .collect();
+
+    // Over HTTP: 503 with the error body and Retry-After, within a bound (a request that waited for room would not).
+    let body = invoice_event(QUEUE_MAX, "cus_acme");
+    let header = secur360::domain::stripe_signature::sign(body.as_bytes(), SECRET, now_secs());
+    let delivery = app
+        .client
+        .post(app.url("/api/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header("Stripe-Signature", header)
+        .body(body)
+        .send();
+    let res = tokio::time::timeout(std::time::Duration::from_secs(10), delivery)
+        .await
+        .expect("a full queue is answered at once, never waited on")
+        .unwrap();
+    assert_eq!(res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()).as_deref(), Some("1"));
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let (s, res) = read(res).await;
+    assert_eq!((s, error_code(&res)), (StatusCode::SERVICE_UNAVAILABLE, "stripe_ingest_busy"), "{res}");
+    assert_eq!(stored_and_audited(&app, &format!("evt_{QUEUE_MAX}")).await, (0, 0));
+    // Enqueued directly: refused.
+    let err = app
+        .state
+        .stripe_ingest
+        .enqueue(new_event(&app, &invoice_event(QUEUE_MAX + 1, "cus_acme")))
+        .err()
+        .expect("refused");
+    assert_eq!((err.status.as_u16(), err.code, err.retry_after), (503, "stripe_ingest_busy", Some(1)));
+    assert_eq!((app.snapshot().await, app.count("billing_events").await, app.count("invoices").await), before);
+
+    // The workers gone, the events that waited are answered (503 stopped: Stripe retries them), none left hanging.
+    drop(stalled);
+    for pending in waiting {
+        assert_eq!(pending.answer().await.expect_err("never applied").code, "stripe_ingest_stopped");
+    }
+    assert_eq!((app.snapshot().await, app.count("billing_events").await, app.count("invoices").await), before);
+}
+
+mod a_full_queue_is_answered_503_at_once_with_retry_after_and_nothing_is_stored {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        a_full_queue_answers_503_at_once_and_stores_nothing(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        a_full_queue_answers_503_at_once_and_stores_nothing(Backend::Postgres).await;
     }
 }
