@@ -181,6 +181,7 @@ async fn run_now(
                 ("events_recovered", s.events_recovered),
                 ("events_retried", s.events_retried),
                 ("events_failed", s.events_failed),
+                ("events_given_up", s.events_given_up),
             ] {
                 counts.insert(name.to_owned(), json!(n));
             }
