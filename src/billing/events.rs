@@ -466,7 +466,9 @@ pub async fn process(state: &AppState, id: &str, now: i64) -> anyhow::Result<Pro
             let attempts = row.as_ref().map_or(1, |r| r.attempts);
             let msg = truncate(&format!("{e:#}"), 1000);
             if let Some(row) = row.as_ref().filter(|r| now - r.received_at > GIVE_UP_AFTER_MS) {
-                if give_up(&state.db, row, &msg, now).await? {
+                // Boxed: a rare path, kept out of the state of every future that awaits `process` (webhooks,
+                // retries, the sync inside the scheduler's job future).
+                if Box::pin(give_up(&state.db, row, &msg, now)).await? {
                     tracing::warn!(event_id = id, attempts, error = %msg,
                         "Stripe event given up: still failing 72 h after its receipt; no longer retried");
                     return Ok(Processed::GivenUp);
