@@ -514,21 +514,43 @@ async fn sms_checks(state: &AppState, now: i64) -> Vec<Check> {
     vec![queue, rate]
 }
 
-async fn webhook_errors(state: &AppState) -> Check {
+/// How long a given-up Stripe event keeps `stripe_webhook_errors` at warning (it stays counted in `data`).
+pub const GIVEN_UP_WARNING_MS: i64 = 7 * 86_400_000;
+
+/// Stripe events that failed and wait for a retry, and those given up (failing 72 h after their receipt; see
+/// `billing::events::GIVE_UP_AFTER_MS`): a warning while any is failed or one was given up in the last 7 days.
+async fn webhook_errors(state: &AppState, now: i64) -> Check {
     let t = Instant::now();
-    match scalar(state, "SELECT COUNT(*) FROM billing_events WHERE processing_status = 'failed' AND $1 = $1", 0).await {
-        Err(e) => {
+    // Only given-up events are `ignored` with an error (`billing::events::GIVEN_UP` begins it).
+    let given_up = format!(
+        "SELECT COUNT(*) FROM billing_events WHERE processing_status = 'ignored' AND last_error LIKE '{}%' \
+         AND processed_at >= $1",
+        crate::billing::events::GIVEN_UP
+    );
+    let failed =
+        scalar(state, "SELECT COUNT(*) FROM billing_events WHERE processing_status = 'failed' AND $1 = $1", 0).await;
+    let recent = scalar(state, &given_up, now - GIVEN_UP_WARNING_MS).await;
+    let total = scalar(state, &given_up, 0).await;
+    match (failed, recent, total) {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             check("stripe_webhook_errors", Zone::Stripe, Level::Critical, format!("cannot read: {e}"), json!({}), t)
         }
-        Ok(n) => {
-            let n = n.unwrap_or(0);
-            let level = if n > 0 { Level::Warning } else { Level::Healthy };
-            let detail = if n > 0 {
-                format!("{n} Stripe event(s) failed processing and wait for a retry or replay")
-            } else {
-                "no failed Stripe event".to_owned()
-            };
-            check("stripe_webhook_errors", Zone::Stripe, level, detail, json!({ "failed": n }), t)
+        (Ok(n), Ok(recent), Ok(total)) => {
+            let (n, recent, total) = (n.unwrap_or(0), recent.unwrap_or(0), total.unwrap_or(0));
+            let level = if n > 0 || recent > 0 { Level::Warning } else { Level::Healthy };
+            let mut parts = Vec::new();
+            if n > 0 {
+                parts.push(format!("{n} Stripe event(s) failed processing and wait for a retry or replay"));
+            }
+            if recent > 0 {
+                parts.push(format!(
+                    "{recent} Stripe event(s) given up in the last 7 days: still failing 72 h after receipt, no \
+                     longer retried (audit log: event_given_up)"
+                ));
+            }
+            let detail = if parts.is_empty() { "no failed Stripe event".to_owned() } else { parts.join("; ") };
+            let data = json!({ "failed": n, "given_up_7d": recent, "given_up": total });
+            check("stripe_webhook_errors", Zone::Stripe, level, detail, data, t)
         }
     }
 }
@@ -537,7 +559,7 @@ async fn webhook_errors(state: &AppState) -> Check {
 pub async fn monitoring(state: &AppState) -> Vec<Check> {
     let now = state.now();
     let mut checks = sms_checks(state, now).await;
-    checks.push(webhook_errors(state).await);
+    checks.push(webhook_errors(state, now).await);
     checks.push(database(state).await);
     checks
 }
@@ -655,7 +677,7 @@ pub async fn report(state: &AppState) -> Report {
         checks.push(audit_chain(state, now).await);
         checks.extend(job_checks(state).await);
         checks.extend(sms_checks(state, now).await);
-        checks.push(webhook_errors(state).await);
+        checks.push(webhook_errors(state, now).await);
     }
     checks.push(d);
     checks.push(r);

@@ -85,6 +85,10 @@ pub async fn replay_stripe_event(state: &AppState, event_id: &str) -> ProcedureR
         }
         Some(_) => match crate::billing::events::process(state, event_id, state.now()).await {
             Ok(crate::billing::events::Processed::Done) => Ok(format!("événement rejoué / event replayed: {event_id}")),
+            Ok(crate::billing::events::Processed::GivenUp) => Err(format!(
+                "échec, abandonné (reçu il y a plus de 72 h) / failed again and given up (received more than 72 h \
+                 ago): {event_id}"
+            )),
             Ok(_) => {
                 Err(format!("l'événement est déjà traité par une autre instance / already being processed: {event_id}"))
             }

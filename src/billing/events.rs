@@ -5,6 +5,8 @@
 //! redelivery, a failure, the daily sync) an event is first stored (`billing_events`, once by id), then claimed
 //! with a short lease by exactly one processor, applied in one transaction together with its audit row and its
 //! `processed` mark, or marked `failed` with the error and a next attempt time. [`retry_failed`] re-applies failed, pending and stuck events.
+//! An event that still fails more than [`GIVE_UP_AFTER_MS`] (72 h) after it was first received is given up: stored
+//! `ignored` with its last error (prefixed [`GIVEN_UP`]), audited, never retried again.
 //! Any network read (re-fetching the subscription of a completed checkout) happens before the transaction.
 
 use anyhow::{anyhow, bail, Context};
@@ -20,6 +22,16 @@ use crate::state::AppState;
 
 /// How long a processor owns an event before another may take it over.
 pub const LEASE_MS: i64 = 60_000;
+
+/// How long after its receipt (`billing_events.received_at`) a failing event is retried. The retries exist because
+/// an event may arrive before the one that links its customer to a tenant; Stripe redelivers a webhook for up to
+/// three days, so past that nothing is left that could make the event applicable. An attempt that fails later
+/// gives the event up.
+pub const GIVE_UP_AFTER_MS: i64 = 72 * 3_600_000;
+
+/// How the `last_error` of a given-up event begins. Its status is `ignored`, and only given-up events are
+/// `ignored` with an error (an event ignored for its type has none), which is how the status page counts them.
+pub const GIVEN_UP: &str = "given up";
 
 pub const SUBSCRIPTION_STATUSES: [&str; 8] =
     ["incomplete", "incomplete_expired", "trialing", "active", "past_due", "canceled", "unpaid", "paused"];
@@ -434,10 +446,14 @@ pub enum Processed {
     Done,
     /// Another processor holds it, or it was already processed: nothing done here.
     NotMine,
+    /// Applying it failed again more than [`GIVE_UP_AFTER_MS`] after its receipt: stored `ignored` with its last
+    /// error, audited (outcome failure), never retried.
+    GivenUp,
 }
 
 /// Claim, apply and finish the stored event `id`. On failure the event is marked `failed` with the error and a
-/// next attempt time, and the error is returned.
+/// next attempt time, and the error is returned; unless it was first received more than [`GIVE_UP_AFTER_MS`]
+/// ago: then it is given up ([`Processed::GivenUp`]).
 pub async fn process(state: &AppState, id: &str, now: i64) -> anyhow::Result<Processed> {
     if !store::claim_event(&state.db, id, now, now + LEASE_MS).await? {
         return Ok(Processed::NotMine);
@@ -448,13 +464,55 @@ pub async fn process(state: &AppState, id: &str, now: i64) -> anyhow::Result<Pro
         Err(e) => {
             let row = store::event(&state.db, id).await.ok().flatten();
             let attempts = row.as_ref().map_or(1, |r| r.attempts);
+            let msg = truncate(&format!("{e:#}"), 1000);
+            if let Some(row) = row.as_ref().filter(|r| now - r.received_at > GIVE_UP_AFTER_MS) {
+                // Boxed: a rare path, kept out of the state of every future that awaits `process` (webhooks,
+                // retries, the sync inside the scheduler's job future).
+                if Box::pin(give_up(&state.db, row, &msg, now)).await? {
+                    tracing::warn!(event_id = id, attempts, error = %msg,
+                        "Stripe event given up: still failing 72 h after its receipt; no longer retried");
+                    return Ok(Processed::GivenUp);
+                }
+            }
             let next = now + backoff_ms(attempts);
-            let msg = format!("{e:#}");
             tracing::warn!(event_id = id, attempts, error = %msg, "Stripe event processing failed; will retry");
-            store::fail_event(&state.db, id, &truncate(&msg, 1000), next).await?;
+            store::fail_event(&state.db, id, &msg, next).await?;
             Err(e)
         }
     }
+}
+
+/// Give up the claimed event `row` whose latest attempt failed with `error`: its status, its `last_error` (the
+/// error, prefixed [`GIVEN_UP`]) and its audit row (zone stripe, or billing for an event recovered by the sync;
+/// outcome failure) in one transaction. `false`: the lease was lost, nothing done.
+async fn give_up(db: &Db, row: &EventRow, error: &str, now: i64) -> anyhow::Result<bool> {
+    let hours = GIVE_UP_AFTER_MS / 3_600_000;
+    let last_error = format!(
+        "{GIVEN_UP}: still failing {hours} h after its receipt, past Stripe's redelivery window (not retried); \
+         last error: {error}"
+    );
+    let mut tx = db.begin().await?;
+    if !store::give_up_event(&mut tx, &row.stripe_event_id, &last_error, now).await? {
+        return Ok(false); // rolled back when dropped
+    }
+    let zone = if row.source == "sync" { Zone::Billing } else { Zone::Stripe };
+    let mut entry = Entry::new(zone, "event_given_up", "stripe_retry")
+        .subject(&row.stripe_event_id)
+        .outcome(Outcome::Failure)
+        .details(json!({
+            "type": row.event_type,
+            "object_id": row.object_id,
+            "source": row.source,
+            "attempts": row.attempts,
+            "received_at": row.received_at,
+            "last_error": error,
+        }));
+    if let Some(t) = &row.tenant_id {
+        entry = entry.tenant(t);
+    }
+    audit::append(&mut tx, &entry, now).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 async fn process_claimed(state: &AppState, id: &str, now: i64) -> anyhow::Result<()> {
@@ -611,10 +669,14 @@ fn truncate(s: &str, max: usize) -> String {
 pub struct RetryReport {
     pub attempted: u64,
     pub succeeded: u64,
+    /// Failed again; retried later.
     pub failed: u64,
+    /// Failed again past [`GIVE_UP_AFTER_MS`]: given up, never retried.
+    pub given_up: u64,
 }
 
-/// Re-apply events that are pending, failed and due, or stuck past their lease (serve's loop and the sync).
+/// Re-apply events that are pending, failed and due, or stuck past their lease (serve's loop and the sync); give
+/// up those that fail again more than [`GIVE_UP_AFTER_MS`] after their receipt.
 pub async fn retry_failed(state: &AppState, now: i64) -> anyhow::Result<RetryReport> {
     crate::db::scope::system("stripe-retry", retry_failed_now(state, now)).await
 }
@@ -628,6 +690,10 @@ async fn retry_failed_now(state: &AppState, now: i64) -> anyhow::Result<RetryRep
                 report.succeeded += 1;
             }
             Ok(Processed::NotMine) => {}
+            Ok(Processed::GivenUp) => {
+                report.attempted += 1;
+                report.given_up += 1;
+            }
             Err(_) => {
                 report.attempted += 1;
                 report.failed += 1;

@@ -25,6 +25,8 @@ pub struct SyncReport {
     pub events_recovered: u64,
     pub events_retried: u64,
     pub events_failed: u64,
+    /// Events that failed again more than 72 h after their receipt: given up (audited), not retried.
+    pub events_given_up: u64,
     pub errors: Vec<String>,
 }
 
@@ -171,6 +173,7 @@ async fn run_now(state: &AppState, now: i64) -> SyncReport {
         Ok(r) => {
             report.events_retried += r.succeeded;
             report.events_failed += r.failed;
+            report.events_given_up += r.given_up;
             if r.failed > 0 {
                 report.errors.push(format!("{} event(s) still fail; see billing_events.last_error", r.failed));
             }
@@ -187,6 +190,7 @@ async fn run_now(state: &AppState, now: i64) -> SyncReport {
             "corrected": report.corrected,
             "events_recovered": report.events_recovered,
             "events_retried": report.events_retried,
+            "events_given_up": report.events_given_up,
             "errors": report.errors.len(),
         }));
     if let Err(e) = audit::record(&state.db, &entry, now).await {
@@ -223,6 +227,7 @@ async fn reconcile(state: &AppState, client: &StripeClient, now: i64, report: &m
         Ok(r) => {
             report.events_retried += r.succeeded;
             report.events_failed += r.failed;
+            report.events_given_up += r.given_up;
             if r.failed > 0 {
                 report
                     .errors

@@ -74,6 +74,9 @@ pub async fn receive(state: &AppState, signature: Option<&str>, body: &[u8]) -> 
     store::insert_event(&state.db, &row).await?;
     match events::process(state, &ev.id, now).await {
         Ok(Processed::Done) => Ok(Receipt { received: true, event_id: ev.id, duplicate: false, status: "processed" }),
+        // A redelivery (or a resend from the dashboard) of an event that still fails more than 72 h after its
+        // receipt: given up now, settled; acknowledged so Stripe stops.
+        Ok(Processed::GivenUp) => Ok(Receipt { received: true, event_id: ev.id, duplicate: true, status: "ignored" }),
         Ok(Processed::NotMine) => {
             let status = store::event(&state.db, &ev.id).await?.map(|r| r.processing_status);
             let status = match status.as_deref() {

@@ -377,6 +377,18 @@ pub async fn fail_event(db: &Db, id: &str, error: &str, next_attempt_at: i64) ->
     Ok(())
 }
 
+/// Give up an event whose processing lease the caller holds: stored `ignored` for good (never claimed again, so
+/// never retried; a redelivery finds it settled), with `error` as its `last_error`. Returns whether this call
+/// gave it up (false: the lease was lost).
+pub async fn give_up_event(tx: &mut Tx, id: &str, error: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let n = on_tx!(tx, c => sqlx::query(
+        "UPDATE billing_events SET processing_status = 'ignored', last_error = $2, processed_at = $3, \
+         lease_until = NULL, next_attempt_at = NULL \
+         WHERE stripe_event_id = $1 AND processing_status = 'processing'"
+    ).bind(id).bind(error).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
 /// Events due for (re)processing: pending or failed and due, or stuck past their lease.
 pub async fn due_events(db: &Db, now: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
     on_db!(db, p => sqlx::query_scalar(

@@ -171,7 +171,10 @@ async fn run_now(
     let report = match job {
         Job::SmsCleanup => cleanup::run(state, started_at).await,
         Job::BillingSync => {
-            let s = crate::billing::sync::run(state, started_at).await;
+            // Boxed: the sync's future (Stripe paging, event retries) is large, and every future that awaits a
+            // job (the scheduler's tick, tests joining two ticks) would carry it inline; debug builds came within
+            // a few KiB of a 2 MiB thread stack.
+            let s = Box::pin(crate::billing::sync::run(state, started_at)).await;
             let mut counts = serde_json::Map::new();
             for (name, n) in [
                 ("customers_seen", s.customers_seen),
@@ -181,6 +184,7 @@ async fn run_now(
                 ("events_recovered", s.events_recovered),
                 ("events_retried", s.events_retried),
                 ("events_failed", s.events_failed),
+                ("events_given_up", s.events_given_up),
             ] {
                 counts.insert(name.to_owned(), json!(n));
             }

@@ -108,6 +108,26 @@ async fn sub_state(app: &TestApp, id: &str) -> String {
     text(app, &sql).await.unwrap_or_default()
 }
 
+async fn event_status(app: &TestApp, id: &str) -> Option<String> {
+    text(app, &format!("SELECT processing_status FROM billing_events WHERE stripe_event_id = '{id}'")).await
+}
+
+/// `(attempted, succeeded, failed, given_up)` of a retry pass at `now`.
+async fn retry_at(app: &TestApp, now: i64) -> (u64, u64, u64, u64) {
+    let r = secur360::billing::retry_failed(&app.state, now).await.unwrap();
+    (r.attempted, r.succeeded, r.failed, r.given_up)
+}
+
+/// The `stripe_webhook_errors` check of the status page.
+async fn webhook_errors_check(app: &TestApp) -> Value {
+    let (s, r) = app.operator(Method::GET, "/api/system/status", None).await;
+    assert!(s == StatusCode::OK || s == StatusCode::SERVICE_UNAVAILABLE, "{s} {r}");
+    let checks = r["checks"].as_array().unwrap_or_else(|| panic!("no checks in {r}"));
+    checks.iter().find(|c| c["name"] == "stripe_webhook_errors").cloned().unwrap_or_else(|| panic!("{r}"))
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
 fn permutations(n: usize) -> Vec<Vec<usize>> {
     if n == 0 {
         return vec![vec![]];
@@ -262,6 +282,102 @@ both_backends! {
         let (s, res) = deliver(&app, &body).await;
         assert_eq!((s, res["duplicate"].as_bool(), res["status"].as_str()), (StatusCode::OK, Some(true), Some("processed")));
         assert_eq!(scalar(&app, "SELECT COUNT(*) FROM system_audit_logs WHERE subject = 'evt_fail'").await, 1);
+    }
+
+    async fn an_event_still_failing_72_hours_after_its_receipt_is_given_up_once_and_never_retried(app) {
+        app.tenant_with_key("acme").await;
+        // A subscription of a customer that is not one of ours: nothing will ever link it to a tenant.
+        let body = event("evt_foreign", "customer.subscription.created", now_secs(), sub_object("sub_x", "cus_foreign", "active", 0));
+        let (s, res) = deliver(&app, &body).await;
+        assert_eq!((s, error_code(&res)), (StatusCode::INTERNAL_SERVER_ERROR, "event_processing_failed"), "{res}");
+        let received = scalar(&app, "SELECT received_at FROM billing_events WHERE stripe_event_id = 'evt_foreign'").await;
+        let error = "SELECT last_error FROM billing_events WHERE stripe_event_id = 'evt_foreign'";
+        let audit = "SELECT COUNT(*) FROM system_audit_logs WHERE subject = 'evt_foreign'";
+
+        // Within Stripe's redelivery window (up to exactly 72 h) it stays failed and retryable.
+        for hours in [1, 71, 72] {
+            assert_eq!(retry_at(&app, received + hours * HOUR_MS).await, (1, 0, 1, 0), "+{hours} h");
+            assert_eq!(event_status(&app, "evt_foreign").await.as_deref(), Some("failed"), "+{hours} h");
+            let e = text(&app, error).await.unwrap();
+            assert!(e.contains("cus_foreign") && !e.starts_with("given up"), "{e}");
+        }
+        assert_eq!(scalar(&app, audit).await, 0);
+        let c = webhook_errors_check(&app).await;
+        assert_eq!((c["status"].as_str(), c["data"]["failed"].as_i64(), c["data"]["given_up"].as_i64()), (Some("warning"), Some(1), Some(0)), "{c}");
+
+        // Past 72 h the next attempt fails once more and gives it up: ignored, the error kept, one audit row.
+        assert_eq!(retry_at(&app, received + 73 * HOUR_MS).await, (1, 0, 0, 1));
+        assert_eq!(event_status(&app, "evt_foreign").await.as_deref(), Some("ignored"));
+        let e = text(&app, error).await.unwrap();
+        assert!(e.starts_with("given up: ") && e.contains("72 h") && e.contains("cus_foreign"), "{e}");
+        assert_eq!(scalar(&app, "SELECT COUNT(*) FROM billing_events WHERE stripe_event_id = 'evt_foreign' \
+            AND next_attempt_at IS NULL AND lease_until IS NULL AND processed_at IS NOT NULL").await, 1);
+        assert_eq!(scalar(&app, audit).await, 1);
+        assert_eq!(scalar(&app, "SELECT COUNT(*) FROM system_audit_logs WHERE subject = 'evt_foreign' AND zone = 'stripe' \
+            AND action = 'event_given_up' AND outcome = 'failure' AND details LIKE '%cus_foreign%'").await, 1);
+        let attempts = scalar(&app, "SELECT attempts FROM billing_events WHERE stripe_event_id = 'evt_foreign'").await;
+        assert_eq!(attempts, 5);
+
+        // Never retried again, whatever the time.
+        for hours in [74, 200, 24 * 365] {
+            assert_eq!(retry_at(&app, received + hours * HOUR_MS).await, (0, 0, 0, 0), "+{hours} h");
+        }
+        assert_eq!(event_status(&app, "evt_foreign").await.as_deref(), Some("ignored"));
+        assert_eq!(scalar(&app, "SELECT attempts FROM billing_events WHERE stripe_event_id = 'evt_foreign'").await, attempts);
+        assert_eq!(scalar(&app, audit).await, 1);
+        assert_eq!(app.count("subscriptions").await, 0);
+
+        // The status page shows it as a warning, with a count.
+        let c = webhook_errors_check(&app).await;
+        assert_eq!(c["status"], "warning", "{c}");
+        assert_eq!((c["data"]["failed"].as_i64(), c["data"]["given_up_7d"].as_i64(), c["data"]["given_up"].as_i64()), (Some(0), Some(1), Some(1)), "{c}");
+        assert!(c["detail"].as_str().unwrap().contains("1 Stripe event(s) given up"), "{c}");
+    }
+
+    async fn an_event_whose_customer_is_linked_within_72_hours_is_applied_by_a_retry(app) {
+        app.tenant_with_key("acme").await;
+        let body = event("evt_early", "customer.subscription.created", now_secs(), sub_object("sub_e", "cus_late", "active", 2));
+        let (s, _) = deliver(&app, &body).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        let received = scalar(&app, "SELECT received_at FROM billing_events WHERE stripe_event_id = 'evt_early'").await;
+        assert_eq!(retry_at(&app, received + HOUR_MS).await, (1, 0, 1, 0));
+        // The checkout that links the customer arrives late.
+        let session = json!({"id": "cs_late", "object": "checkout.session", "customer": "cus_late",
+                             "client_reference_id": "acme", "payment_status": "paid"});
+        let (s, res) = deliver(&app, &event("evt_link", "checkout.session.completed", now_secs(), session)).await;
+        assert_eq!(s, StatusCode::OK, "{res}");
+        assert_eq!(retry_at(&app, received + 71 * HOUR_MS).await, (1, 1, 0, 0));
+        assert_eq!(event_status(&app, "evt_early").await.as_deref(), Some("processed"));
+        assert!(text(&app, "SELECT last_error FROM billing_events WHERE stripe_event_id = 'evt_early'").await.is_none());
+        assert_eq!(text(&app, "SELECT tenant_id FROM subscriptions WHERE stripe_subscription_id = 'sub_e'").await.as_deref(), Some("acme"));
+        assert!(sub_state(&app, "sub_e").await.starts_with("active|month|2|"));
+        assert_eq!(scalar(&app, "SELECT COUNT(*) FROM system_audit_logs WHERE subject = 'evt_early' AND outcome = 'success' AND action = 'webhook_event'").await, 1);
+        // Past the window nothing happens to it: it is done.
+        assert_eq!(retry_at(&app, received + 73 * HOUR_MS).await, (0, 0, 0, 0));
+        assert_eq!(event_status(&app, "evt_early").await.as_deref(), Some("processed"));
+        assert_eq!(scalar(&app, "SELECT COUNT(*) FROM system_audit_logs WHERE subject = 'evt_early'").await, 1);
+        let c = webhook_errors_check(&app).await;
+        assert_eq!((c["status"].as_str(), c["data"]["failed"].as_i64(), c["data"]["given_up"].as_i64()), (Some("healthy"), Some(0), Some(0)), "{c}");
+    }
+
+    async fn a_redelivery_of_a_given_up_event_is_acknowledged_and_has_no_effect(app) {
+        app.tenant_with_key("acme").await;
+        let body = event("evt_gone", "customer.subscription.created", now_secs(), sub_object("sub_g", "cus_gone", "active", 0));
+        let (s, _) = deliver(&app, &body).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        let received = scalar(&app, "SELECT received_at FROM billing_events WHERE stripe_event_id = 'evt_gone'").await;
+        assert_eq!(retry_at(&app, received + 73 * HOUR_MS).await, (1, 0, 0, 1));
+        assert_eq!(event_status(&app, "evt_gone").await.as_deref(), Some("ignored"));
+        // Even once its customer is known (applying it would now succeed), the same event id has no second effect.
+        link_customer(&app, "acme", "cus_gone").await;
+        let (s, res) = deliver(&app, &body).await;
+        assert_eq!((s, res["duplicate"].as_bool(), res["status"].as_str()), (StatusCode::OK, Some(true), Some("ignored")), "{res}");
+        assert_eq!(event_status(&app, "evt_gone").await.as_deref(), Some("ignored"));
+        assert_eq!(scalar(&app, "SELECT attempts FROM billing_events WHERE stripe_event_id = 'evt_gone'").await, 2);
+        assert!(text(&app, "SELECT last_error FROM billing_events WHERE stripe_event_id = 'evt_gone'").await.unwrap().starts_with("given up: "));
+        assert_eq!(app.count("subscriptions").await, 0);
+        assert_eq!(scalar(&app, "SELECT COUNT(*) FROM system_audit_logs WHERE subject = 'evt_gone'").await, 1);
+        assert_eq!(retry_at(&app, received + 80 * HOUR_MS).await, (0, 0, 0, 0));
     }
 
     async fn entitlements_and_the_subscription_view_follow_the_mirror(app) {
