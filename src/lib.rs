@@ -12,6 +12,7 @@ pub mod env_changes;
 pub mod error;
 pub mod http;
 pub mod inbound;
+pub mod intake;
 pub mod jobs;
 pub mod metrics;
 pub mod outbox;

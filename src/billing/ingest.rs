@@ -20,15 +20,15 @@
 //! [`StripeIngest::shutdown`] stops taking events (503), applies those already queued and ends the workers;
 //! `Application::run_until` calls it once in-flight requests are finished, before closing the pool.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch};
 
 use super::events::{apply_batch, NewEvent};
 use crate::config::Settings;
 use crate::db::{Backend, Db};
 use crate::error::{ApiError, ApiResult};
+use crate::intake::Workers;
 
 /// Most events applied in one transaction on SQLite.
 pub const BATCH_MAX: usize = 256;
@@ -52,17 +52,11 @@ struct Job {
 /// The handle requests use to reach this instance's ingest workers (cheap to clone).
 #[derive(Clone)]
 pub struct StripeIngest {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    queue: mpsc::Sender<Job>,
-    stop: watch::Sender<bool>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    inner: Arc<Workers<Job>>,
 }
 
 /// The receiving end, shared by the workers (one takes a batch at a time).
-type Intake = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
+type Intake = crate::intake::Intake<Job>;
 
 /// An event handed to the workers; [`Pending::answer`] waits for its batch.
 pub struct Pending(oneshot::Receiver<Answer>);
@@ -78,35 +72,21 @@ impl StripeIngest {
     /// Start the ingest workers on the current Tokio runtime. Outside one (no HTTP server), there are none and
     /// new events are answered 503.
     pub fn start(db: Db, settings: Arc<Settings>) -> Self {
-        let (queue, jobs) = mpsc::channel(QUEUE_MAX);
-        let (stop, stopped) = watch::channel(false);
         let (count, batch_max) = match db.backend() {
             Backend::Postgres => (POSTGRES_WORKERS, POSTGRES_BATCH_MAX),
             Backend::Sqlite => (1, BATCH_MAX),
         };
-        let intake: Intake = Arc::new(tokio::sync::Mutex::new(jobs));
-        let workers = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => (0..count)
-                .map(|_| {
-                    let work = worker(db.clone(), settings.clone(), intake.clone(), stopped.clone(), batch_max);
-                    runtime.spawn(crate::db::scope::system("stripe-webhook", work))
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        StripeIngest { inner: Arc::new(Inner { queue, stop, workers: Mutex::new(workers) }) }
+        let workers = Workers::start(QUEUE_MAX, count, "stripe-webhook", |intake, stop| {
+            worker(db.clone(), settings.clone(), intake, stop, batch_max)
+        });
+        StripeIngest { inner: Arc::new(workers) }
     }
 
     /// Queue `event` for a batch, or refuse it at once (503) when the queue is full or the workers are stopped.
     pub fn enqueue(&self, event: NewEvent) -> ApiResult<Pending> {
         let (reply, answer) = oneshot::channel();
-        self.inner.queue.try_send(Job { event, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                ApiError::unavailable("stripe_ingest_busy", "too many Stripe events waiting; retry shortly")
-                    .with_retry_after(1)
-            }
-            mpsc::error::TrySendError::Closed(_) => stopped(),
-        })?;
+        let busy = ("stripe_ingest_busy", "too many Stripe events waiting; retry shortly");
+        self.inner.send(Job { event, reply }, busy, stopped)?;
         Ok(Pending(answer))
     }
 
@@ -117,13 +97,7 @@ impl StripeIngest {
 
     /// Stop taking events, apply the queued ones, and wait for the workers to end.
     pub async fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
-        let workers = self.inner.workers.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default();
-        for worker in workers {
-            if let Err(e) = worker.await {
-                tracing::error!(error = %e, "a Stripe event ingest worker failed");
-            }
-        }
+        self.inner.shutdown("Stripe event").await;
     }
 }
 

@@ -15,14 +15,14 @@
 //! [`StatusIngest::shutdown`] stops taking callbacks (503), applies those already queued and ends the workers;
 //! `Application::run_until` calls it once in-flight requests are finished, before closing the pool.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch};
 
 use super::status::{apply_batch, apply_locked, apply_one, lock_batch, Applied, Callback};
 use crate::db::{Backend, Db};
 use crate::error::{ApiError, ApiResult};
+use crate::intake::Workers;
 
 /// Most callbacks applied in one transaction.
 pub const BATCH_MAX: usize = 256;
@@ -40,65 +40,38 @@ struct Job {
 /// The handle requests use to reach this instance's ingest task (cheap to clone).
 #[derive(Clone)]
 pub struct StatusIngest {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    queue: mpsc::Sender<Job>,
-    stop: watch::Sender<bool>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    inner: Arc<Workers<Job>>,
 }
 
 /// The receiving end, shared by the workers: a worker holds it from taking a batch until that batch's SID
 /// locks are held, so callbacks for one SID in two batches are applied in the order they arrived.
-type Intake = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
+type Intake = crate::intake::Intake<Job>;
 
 impl StatusIngest {
     /// Start the ingest workers on the current Tokio runtime. Outside one (no HTTP server), there are none and
     /// callbacks are answered 503.
     pub fn start(db: Db) -> Self {
-        let (queue, jobs) = mpsc::channel(QUEUE_MAX);
-        let (stop, stopped) = watch::channel(false);
         let count = match db.backend() {
             Backend::Postgres => POSTGRES_WORKERS,
             Backend::Sqlite => 1,
         };
-        let intake: Intake = Arc::new(tokio::sync::Mutex::new(jobs));
-        let workers = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => (0..count)
-                .map(|_| {
-                    let work = worker(db.clone(), intake.clone(), stopped.clone());
-                    runtime.spawn(crate::db::scope::system("twilio-webhook", work))
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        StatusIngest { inner: Arc::new(Inner { queue, stop, workers: Mutex::new(workers) }) }
+        let workers =
+            Workers::start(QUEUE_MAX, count, "twilio-webhook", |intake, stop| worker(db.clone(), intake, stop));
+        StatusIngest { inner: Arc::new(workers) }
     }
 
     /// Store and apply `callback`; answered once its batch is committed (or has failed).
     pub async fn submit(&self, callback: Callback) -> ApiResult<Applied> {
         let (reply, answer) = oneshot::channel();
-        self.inner.queue.try_send(Job { callback, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                ApiError::unavailable("status_ingest_busy", "too many status callbacks waiting; retry shortly")
-                    .with_retry_after(1)
-            }
-            mpsc::error::TrySendError::Closed(_) => stopped(),
-        })?;
+        let busy = ("status_ingest_busy", "too many status callbacks waiting; retry shortly");
+        self.inner.send(Job { callback, reply }, busy, stopped)?;
         // The workers answer every job they take; a dropped reply means they are gone (stopped or panicked).
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Stop taking callbacks, apply the queued ones, and wait for the workers to end.
     pub async fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
-        let workers = self.inner.workers.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default();
-        for worker in workers {
-            if let Err(e) = worker.await {
-                tracing::error!(error = %e, "a status-callback ingest worker failed");
-            }
-        }
+        self.inner.shutdown("status-callback").await;
     }
 }
 
