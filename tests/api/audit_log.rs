@@ -197,6 +197,19 @@ both_backends! {
         assert_eq!((report.ok(), report.rows_checked), (true, 250), "{report:?}");
     }
 
+    async fn a_backlog_of_several_batches_is_sealed_into_one_chain_in_insertion_order(app) {
+        // 2,500 rows: three sealing transactions (1,000 per batch), each several UPDATE chunks.
+        let entries: Vec<Entry> = (0..2_500).map(|i| Entry::new(Zone::Voice, "inbound_call", format!("c{i}"))).collect();
+        let mut tx = app.state.db.begin().await.unwrap();
+        audit::append_many(&mut tx, &entries, 1_000).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(audit::seal(&app.state.db).await.unwrap(), audit::SealReport { sealed: 2_500, head_seq: Some(2_500) });
+        let seqs = ids_and_seqs(&app).await;
+        assert!(seqs.windows(2).all(|w| w[0].0 < w[1].0 && w[1].1 == w[0].1.map(|s| s + 1)), "sealed in id order");
+        let report = audit::verify(&app.db).await.unwrap();
+        assert_eq!((report.ok(), report.rows_checked, report.unsealed), (true, 2_500, 0), "{report:?}");
+    }
+
     async fn rows_committed_during_or_after_a_seal_are_sealed_by_the_next_one(app) {
         record_three(&app).await;
         if app.backend == Backend::Postgres {
