@@ -49,9 +49,13 @@ pub struct SidMessage {
     pub alert_id: Option<String>,
     pub kind: String,
     pub status: String,
+    /// Callbacks for this SID were stored before its message was known and are not applied yet (normally
+    /// none: the dispatcher applies them as it records the SID).
+    pub pending: bool,
 }
 
-/// The messages holding `sids`, locked for the update that follows on PostgreSQL (in SID order).
+/// The messages holding `sids`, locked for the update that follows on PostgreSQL (in SID order), each with
+/// whether callbacks wait for it (one probe of the nearly empty index of unapplied callbacks).
 pub async fn messages_by_sids(tx: &mut Tx, sids: &[&str]) -> Result<Vec<SidMessage>, sqlx::Error> {
     let lock = match tx.backend() {
         Backend::Postgres => " ORDER BY twilio_sid FOR UPDATE",
@@ -61,7 +65,9 @@ pub async fn messages_by_sids(tx: &mut Tx, sids: &[&str]) -> Result<Vec<SidMessa
     for chunk in sids.chunks(CHUNK) {
         let rows: Vec<SidMessage> = on_tx!(tx, c => {
             let mut q = QueryBuilder::new(
-                "SELECT twilio_sid, id, alert_id, kind, status FROM sms_messages WHERE twilio_sid IN (",
+                "SELECT twilio_sid, id, alert_id, kind, status, EXISTS (SELECT 1 FROM sms_status_events e \
+                 WHERE e.twilio_sid = sms_messages.twilio_sid AND e.applied = FALSE) AS pending \
+                 FROM sms_messages WHERE twilio_sid IN (",
             );
             let mut list = q.separated(", ");
             for sid in chunk {
@@ -135,7 +141,7 @@ pub async fn set_alert_statuses(tx: &mut Tx, alerts: &[(&str, &str, i64)]) -> Re
     Ok(())
 }
 
-/// Mark every stored callback for `sids` applied.
+/// Mark every stored callback for `sids` applied (callers pass the SIDs [`messages_by_sids`] found pending).
 pub async fn mark_applied(tx: &mut Tx, sids: &[&str]) -> Result<(), sqlx::Error> {
     for chunk in sids.chunks(CHUNK) {
         on_tx!(tx, c => {

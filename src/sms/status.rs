@@ -180,10 +180,12 @@ pub async fn apply_locked(mut tx: Tx, batch: &[Callback]) -> Result<Vec<Applied>
         sms_status::set_alert_statuses(&mut tx, &aggregates).await?;
     }
     // Callbacks stored before their SID's message was known (normally taken by the dispatcher as it records
-    // the SID, under the same lock): applied now. Usually none, so no write.
-    let mut known: Vec<&str> = messages.keys().copied().collect();
-    known.sort_unstable();
-    sms_status::mark_applied(&mut tx, &known).await?;
+    // the SID, under the same lock): applied now. Usually none, so no statement.
+    let mut pending: Vec<&str> = rows.iter().filter(|r| r.pending).map(|r| r.twilio_sid.as_str()).collect();
+    if !pending.is_empty() {
+        pending.sort_unstable();
+        sms_status::mark_applied(&mut tx, &pending).await?;
+    }
     tx.commit().await?;
 
     for (kind, status) in outcomes {
