@@ -197,7 +197,8 @@ impl Db {
         on_db!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected())).map(|_| ())
     }
 
-    /// Open a transaction (SQLite: `BEGIN IMMEDIATE`, the write lock taken at once).
+    /// Open a transaction (SQLite: `BEGIN IMMEDIATE`, the write lock taken at once; PostgreSQL: the task's scope
+    /// written by the BEGIN itself, [`scope::begin_statement`]).
     ///
     /// A request whose client goes away is dropped wherever it is waiting. Dropped while its BEGIN was in
     /// flight, the connection went back to the pool inside a transaction nobody owned: on SQLite it held the
@@ -209,7 +210,10 @@ impl Db {
         let task = tokio::spawn(scope::run(scope::current(), async move {
             Ok(match db {
                 Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-                Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+                Db::Postgres(p) => Tx::Postgres(match scope::begin_statement() {
+                    Some(begin) => scope::opening_transaction(p.begin_with(begin)).await?,
+                    None => p.begin().await?,
+                }),
             })
         }));
         task.await.map_err(|e| sqlx::Error::Protocol(format!("the task opening a transaction failed: {e}")))?

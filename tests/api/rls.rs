@@ -251,6 +251,25 @@ async fn the_service_scope_follows_the_task_and_never_leaks_through_a_pooled_con
     })
     .await;
     assert_eq!(in_tx, beta);
+    // The BEGIN writes the scope for the transaction only (no write when the connection is taken): whatever
+    // the connection's session was left with by the previous task, a transaction sees its own scope, and the
+    // next task its own.
+    let count_in_tx = |scope: Scope| {
+        let db = db.clone();
+        scope::run(scope, async move {
+            let mut tx = db.begin().await.unwrap();
+            let n: i64 = secur360::on_tx!(&mut tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM workers").fetch_one(&mut *c).await)
+                .unwrap();
+            tx.commit().await.unwrap();
+            n
+        })
+    };
+    assert_eq!(scope::system("test", unfiltered()).await, acme + beta);
+    assert_eq!(count_in_tx(Scope::Tenant("acme".into())).await, acme, "after a system session");
+    assert_eq!(count_in_tx(Scope::None).await, 0, "no scope sees nothing, whatever the session holds");
+    assert_eq!(scope::system("test", unfiltered()).await, acme + beta);
+    assert_eq!(count_in_tx(Scope::Tenant("beta".into())).await, beta);
+    assert_eq!(unfiltered().await, 0, "after a transaction, the next task's own scope");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
