@@ -351,9 +351,47 @@ pub async fn insert_message(tx: &mut Tx, m: &NewMessage<'_>) -> Result<(), sqlx:
     Ok(())
 }
 
-/// Insert many messages with multi-row statements: one round trip per [`INSERT_CHUNK`] rows instead of one per
-/// row (an alert to thousands of workers).
+/// Insert many messages (an alert to thousands of workers). PostgreSQL: one statement whatever the count, each
+/// column bound as one array and expanded by `unnest` (its plan does not depend on the row count; 400-row
+/// `VALUES` statements of 6,800 parameters each spent about a third of an alert's 202 being parsed and
+/// planned). SQLite: multi-row statements of [`INSERT_CHUNK`] rows.
 pub async fn insert_messages(tx: &mut Tx, rows: &[NewMessage<'_>]) -> Result<(), sqlx::Error> {
+    if let Tx::Postgres(t) = tx {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        fn column<'r, T>(rows: &'r [NewMessage<'r>], f: impl Fn(&'r NewMessage<'r>) -> T) -> Vec<T> {
+            rows.iter().map(f).collect()
+        }
+        sqlx::query(
+            "INSERT INTO sms_messages (id, alert_id, tenant_id, worker_id, kind, priority, to_phone, \
+             to_phone_masked, body, encoding, segments, status, attempts, next_attempt_at, error_code, created_at, \
+             status_updated_at) \
+             SELECT id, alert_id, tenant_id, worker_id, kind, priority, to_phone, to_phone_masked, body, encoding, \
+             segments, status, 0, at, error_code, at, at \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], \
+             $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::bigint[], $14::text[]) \
+             AS m (id, alert_id, tenant_id, worker_id, kind, priority, to_phone, to_phone_masked, body, encoding, \
+             segments, status, at, error_code)",
+        )
+        .bind(column(rows, |m| m.id))
+        .bind(column(rows, |m| m.alert_id))
+        .bind(column(rows, |m| m.tenant_id))
+        .bind(column(rows, |m| m.worker_id))
+        .bind(column(rows, |m| m.kind))
+        .bind(column(rows, |m| m.priority))
+        .bind(column(rows, |m| m.to_phone))
+        .bind(column(rows, |m| m.to_phone_masked))
+        .bind(column(rows, |m| m.body))
+        .bind(column(rows, |m| m.encoding))
+        .bind(column(rows, |m| m.segments))
+        .bind(column(rows, |m| m.status))
+        .bind(column(rows, |m| m.at))
+        .bind(column(rows, |m| m.error_code))
+        .execute(&mut **t)
+        .await?;
+        return Ok(());
+    }
     for chunk in rows.chunks(INSERT_CHUNK) {
         on_tx!(tx, c => {
             let mut q = sqlx::QueryBuilder::new(
@@ -373,8 +411,8 @@ pub async fn insert_messages(tx: &mut Tx, rows: &[NewMessage<'_>]) -> Result<(),
     Ok(())
 }
 
-/// Rows per statement of [`insert_messages`]: 17 parameters each, 6,800 in all, well under SQLite's 32,766 and
-/// PostgreSQL's 65,535.
+/// Rows per statement of [`insert_messages`] on SQLite: 17 parameters each, 6,800 in all, well under SQLite's
+/// 32,766.
 const INSERT_CHUNK: usize = 400;
 
 /// A message claimed by a dispatcher: everything the provider call needs.

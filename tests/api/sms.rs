@@ -159,6 +159,53 @@ sms_tests! {
         assert!(!view.to_string().contains("+15148732015"));
     }
 
+    async fn an_alert_to_hundreds_of_workers_stores_one_row_each_and_answers_in_the_requests_order(app, fake, twilio = false, vars = &[]) {
+        let key = app.tenant_with_key("acme").await;
+        // More workers than one multi-row statement holds on SQLite (400 rows); every 7th without consent.
+        app.exec(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 450) \
+             INSERT INTO workers (id, tenant_id, name, phone, language, sms_consent, created_at, updated_at) \
+             SELECT 'wrk_bulk_' || i, 'acme', 'W' || i, '+1514873' || (1000 + i), 'fr', i % 7 <> 0, {T0}, {T0} FROM n")).await;
+        // Newest first, an unknown worker in the middle, one worker twice.
+        let mut ids: Vec<String> = (1..=450).rev().map(|i| format!("wrk_bulk_{i}")).collect();
+        ids.insert(200, "wrk_nobody".into());
+        ids.push("wrk_bulk_450".into());
+        let body = json!({"kind": "general_alert", "body": "Exercice", "recipients": {"worker_ids": ids}});
+        let (s, a) = alert_with_key(&app, &key, "bulk-1", body.clone()).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{a}");
+        let without_consent = (1..=450).filter(|i| i % 7 == 0).count();
+        assert_eq!((a["queued"].as_u64(), a["skipped"].as_u64()), (Some((450 - without_consent) as u64), Some(without_consent as u64 + 1)));
+        let outcomes = a["recipients"].as_array().unwrap();
+        assert_eq!(outcomes.len(), 451);
+        for (i, (r, id)) in outcomes.iter().zip(ids.iter()).enumerate() {
+            assert_eq!(r["worker_id"].as_str(), Some(id.as_str()), "position {i}");
+            let n: Option<u32> = id.strip_prefix("wrk_bulk_").map(|n| n.parse().unwrap());
+            let expected = match n {
+                None => ("skipped", Some("not_found")),
+                Some(n) if n % 7 == 0 => ("skipped", Some("no_consent")),
+                Some(_) => ("queued", None),
+            };
+            assert_eq!((r["outcome"].as_str().unwrap(), r["reason"].as_str()), expected, "{r}");
+            assert_eq!(r["phone_masked"].is_null(), n.is_none(), "{r}");
+        }
+        // One row per worker found, each with its own worker, phone and outcome.
+        let alert_id = a["alert_id"].as_str().unwrap();
+        let rows: Vec<(String, String, String, Option<String>)> = on_db!(&app.db, p => sqlx::query_as(
+            "SELECT worker_id, to_phone, status, error_code FROM sms_messages WHERE alert_id = $1 ORDER BY worker_id"
+        ).bind(alert_id).fetch_all(p).await).unwrap();
+        assert_eq!(rows.len(), 450);
+        for (worker, phone, status, code) in &rows {
+            let n: u32 = worker.strip_prefix("wrk_bulk_").unwrap().parse().unwrap();
+            assert_eq!(phone, &format!("+1514873{}", 1000 + n));
+            let expected = if n % 7 == 0 { ("skipped", Some("no_consent")) } else { ("queued", None) };
+            assert_eq!((status.as_str(), code.as_deref()), expected, "{worker}");
+        }
+        // The stored answer replays as it was given.
+        let (s, again) = alert_with_key(&app, &key, "bulk-1", body).await;
+        assert_eq!((s, &again), (StatusCode::ACCEPTED, &a));
+        assert_eq!(app.count("sms_messages").await, 450);
+    }
+
     async fn recipients_can_be_a_site_or_everyone_and_the_site_must_be_the_tenants(app, fake, twilio = false, vars = &[]) {
         let key = app.tenant_with_key("acme").await;
         let other = app.tenant_with_key("other").await;
