@@ -32,8 +32,7 @@ pub async fn create_alert(
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<impl IntoResponse> {
     let actor = Actor::new(admin.actor(), req.0);
-    let answer = alerts::create_alert(&state, &admin.tenant_id, body, idempotency_key(&headers)?, &actor).await?;
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    alerts::create_alert(&state, &admin.tenant_id, body, idempotency_key(&headers)?, &actor).await
 }
 
 pub async fn get_alert(

@@ -2,7 +2,7 @@
 //! operator's test SMS. One durable `sms_messages` row per recipient commits with the alert, its rate-window
 //! usage and its audit row, before any provider call; the dispatcher sends them.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -71,13 +71,14 @@ fn parse_recipients(v: &Value) -> ApiResult<Recipients> {
                 return Err(invalid("recipients.worker_ids", "must list at least one worker id"));
             }
             let mut out: Vec<String> = Vec::with_capacity(ids.len());
+            let mut seen = std::collections::HashSet::with_capacity(ids.len());
             for id in ids {
                 let id = id
                     .as_str()
                     .map(str::trim)
                     .filter(|s| !s.is_empty() && s.len() <= 64)
                     .ok_or_else(|| invalid("recipients.worker_ids", "every entry must be a worker id string"))?;
-                if !out.iter().any(|o| o == id) {
+                if seen.insert(id) {
                     out.push(id.to_owned());
                 }
             }
@@ -140,7 +141,7 @@ fn request_hash(scope: &str, request: &Value) -> String {
 }
 
 /// The stored answer for a repeated key, or 409 when the key was used for another request.
-async fn replay(state: &AppState, tenant_id: Option<&str>, key: &str, hash: &str) -> ApiResult<Option<Value>> {
+async fn replay(state: &AppState, tenant_id: Option<&str>, key: &str, hash: &str) -> ApiResult<Option<Answer>> {
     let Some(found) = sms::find_by_idempotency_key(&state.db, tenant_id, key).await? else {
         return Ok(None);
     };
@@ -150,8 +151,8 @@ async fn replay(state: &AppState, tenant_id: Option<&str>, key: &str, hash: &str
             "this Idempotency-Key was already used for a different request; use a new key for a new message",
         ));
     }
-    let response = found.response.as_deref().and_then(|r| serde_json::from_str(r).ok());
-    response.map(Some).ok_or_else(|| {
+    let response = found.response.filter(|r| serde_json::from_str::<serde::de::IgnoredAny>(r).is_ok());
+    response.map(|r| Some(Answer(r))).ok_or_else(|| {
         ApiError::internal(anyhow::anyhow!("alert {} has an idempotency key but no stored response", found.id))
     })
 }
@@ -161,6 +162,47 @@ fn seconds_left_in_window(now: i64) -> u64 {
     ((next - now + 999) / 1000).max(1) as u64
 }
 
+/// The JSON answer to a queued alert or test SMS, as stored for replays of its idempotency key.
+pub struct Answer(pub String);
+
+impl Answer {
+    fn value(self) -> ApiResult<Value> {
+        serde_json::from_str(&self.0).map_err(|e| ApiError::internal(e.into()))
+    }
+}
+
+impl axum::response::IntoResponse for Answer {
+    fn into_response(self) -> axum::response::Response {
+        let json = axum::http::HeaderValue::from_static("application/json");
+        (axum::http::StatusCode::ACCEPTED, [(axum::http::header::CONTENT_TYPE, json)], self.0).into_response()
+    }
+}
+
+/// The answer to `POST /api/sms/alerts`.
+#[derive(Serialize)]
+struct AlertAnswer<'a> {
+    alert_id: &'a str,
+    kind: &'a str,
+    status: &'a str,
+    provider: &'a str,
+    encoding: &'a str,
+    segments: u32,
+    non_gsm_chars: Vec<String>,
+    recipients: Vec<Outcome<'a>>,
+    queued: usize,
+    skipped: usize,
+}
+
+/// What became of one recipient of an alert: `queued`, or `skipped` with its reason.
+#[derive(Serialize)]
+struct Outcome<'a> {
+    worker_id: &'a str,
+    phone_masked: Option<&'a str>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
 /// `POST /api/sms/alerts`: queue one message per consenting recipient of the tenant.
 pub async fn create_alert(
     state: &AppState,
@@ -168,7 +210,7 @@ pub async fn create_alert(
     request: Value,
     idempotency_key: Option<&str>,
     actor: &Actor,
-) -> ApiResult<Value> {
+) -> ApiResult<Answer> {
     let key = parse_idempotency_key(idempotency_key)?;
     let hash = request_hash("alert", &request);
     let input: NewAlert = shape(request.clone())?;
@@ -195,7 +237,9 @@ pub async fn create_alert(
     // (worker id, the worker if found)
     let targets: Vec<(String, Option<&sms::Candidate>)> = match &recipients {
         Recipients::Workers(ids) => {
-            ids.iter().map(|id| (id.clone(), candidates.iter().find(|c| &c.id == id))).collect()
+            let by_id: std::collections::HashMap<&str, &sms::Candidate> =
+                candidates.iter().map(|c| (c.id.as_str(), c)).collect();
+            ids.iter().map(|id| (id.clone(), by_id.get(id.as_str()).copied())).collect()
         }
         Recipients::Site(site) => {
             if !sms::site_exists(&mut tx, tenant_id, site).await? {
@@ -217,14 +261,13 @@ pub async fn create_alert(
     }
 
     let alert_id = new_id("alrt");
-    let mut outcomes = Vec::with_capacity(targets.len());
     let mut rows: Vec<(String, &sms::Candidate, Option<&'static str>, String)> = Vec::new();
+    // Each target in the request's order: its row in `rows`, or the id of a worker not found (no row).
+    let mut order: Vec<Result<usize, &str>> = Vec::with_capacity(targets.len());
     let mut seen_phones: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (worker_id, found) in &targets {
         let Some(c) = found else {
-            outcomes.push(
-                json!({ "worker_id": worker_id, "phone_masked": null, "outcome": "skipped", "reason": "not_found" }),
-            );
+            order.push(Err(worker_id));
             continue;
         };
         let masked = Phone::mask_stored(&c.phone).unwrap_or_else(|| "+•••".into());
@@ -238,12 +281,20 @@ pub async fn create_alert(
         } else {
             None
         };
-        outcomes.push(match reason {
-            None => json!({ "worker_id": c.id, "phone_masked": masked, "outcome": "queued" }),
-            Some(r) => json!({ "worker_id": c.id, "phone_masked": masked, "outcome": "skipped", "reason": r }),
-        });
+        order.push(Ok(rows.len()));
         rows.push((new_id("msg"), c, reason, masked));
     }
+    let outcomes: Vec<Outcome<'_>> = order
+        .iter()
+        .map(|target| match target {
+            Err(worker_id) => Outcome { worker_id, phone_masked: None, outcome: "skipped", reason: Some("not_found") },
+            Ok(i) => {
+                let (_, c, reason, masked) = &rows[*i];
+                let outcome = if reason.is_some() { "skipped" } else { "queued" };
+                Outcome { worker_id: &c.id, phone_masked: Some(masked), outcome, reason: *reason }
+            }
+        })
+        .collect();
     let queued = rows.iter().filter(|r| r.2.is_none()).count();
     let skipped = outcomes.len() - queued;
 
@@ -273,19 +324,20 @@ pub async fn create_alert(
 
     let status = if queued > 0 { "queued" } else { "skipped" };
     let encoding = encoding_name(info.encoding);
-    let response = json!({
-        "alert_id": alert_id,
-        "kind": kind,
-        "status": status,
-        "provider": state.sms.name(),
-        "encoding": encoding,
-        "segments": info.segments,
-        "non_gsm_chars": info.non_gsm_chars.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-        "recipients": outcomes,
-        "queued": queued,
-        "skipped": skipped,
-    });
-    let response_text = response.to_string();
+    let response = AlertAnswer {
+        alert_id: &alert_id,
+        kind,
+        status,
+        provider: state.sms.name(),
+        encoding,
+        segments: info.segments,
+        non_gsm_chars: info.non_gsm_chars.iter().map(|c| c.to_string()).collect(),
+        recipients: outcomes,
+        queued,
+        skipped,
+    };
+    // Serialized once: stored for replays and sent as is (10,000 recipients make a megabyte).
+    let response_text = serde_json::to_string(&response).map_err(|e| ApiError::internal(e.into()))?;
     let spec = input.recipients.to_string();
     let inserted = sms::insert_alert(
         &mut tx,
@@ -345,7 +397,7 @@ pub async fn create_alert(
         state.dispatch_wakeup.notify_one();
     }
     tracing::info!(alert_id, kind, queued, skipped, "SMS alert queued");
-    Ok(response)
+    Ok(Answer(response_text))
 }
 
 /// The alert insert failed. A unique violation on the idempotency key means another request with the same key
@@ -356,7 +408,7 @@ async fn replay_after_conflict(
     key: Option<&str>,
     hash: &str,
     e: sqlx::Error,
-) -> ApiResult<Value> {
+) -> ApiResult<Answer> {
     match (db::is_unique_violation(&e), key) {
         (true, Some(k)) => replay(state, tenant_id, k, hash).await?.ok_or_else(|| e.into()),
         _ => Err(e.into()),
@@ -377,7 +429,7 @@ pub async fn send_test(
     let info = check_body(state, &input.body)?;
     if let Some(k) = key {
         if let Some(previous) = replay(state, None, k, &hash).await? {
-            return Ok(previous);
+            return previous.value();
         }
     }
     let blocked = sms::consent_block(&state.db, "test", None, None, to.as_str()).await?;
@@ -423,7 +475,7 @@ pub async fn send_test(
     .await;
     if let Err(e) = inserted {
         drop(tx);
-        return replay_after_conflict(state, None, key, &hash, e).await;
+        return replay_after_conflict(state, None, key, &hash, e).await?.value();
     }
     sms::insert_message(
         &mut tx,
