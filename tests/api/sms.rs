@@ -200,9 +200,14 @@ sms_tests! {
             let expected = if n % 7 == 0 { ("skipped", Some("no_consent")) } else { ("queued", None) };
             assert_eq!((status.as_str(), code.as_deref()), expected, "{worker}");
         }
-        // The stored answer replays as it was given.
-        let (s, again) = alert_with_key(&app, &key, "bulk-1", body).await;
-        assert_eq!((s, &again), (StatusCode::ACCEPTED, &a));
+        // The stored answer replays as it was given, byte for byte, as JSON.
+        let res = app.request(Method::POST, "/api/sms/alerts", Some(&key)).header("Idempotency-Key", "bulk-1").json(&body).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        assert_eq!(res.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
+        let again = res.text().await.unwrap();
+        let stored = on_db!(&app.db, p => sqlx::query_scalar::<_, String>("SELECT response FROM sms_alerts WHERE id = $1").bind(alert_id).fetch_one(p).await).unwrap();
+        assert_eq!(again, stored);
+        assert_eq!(serde_json::from_str::<Value>(&again).unwrap(), a);
         assert_eq!(app.count("sms_messages").await, 450);
     }
 
