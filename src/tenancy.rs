@@ -216,7 +216,12 @@ pub struct Entitlements {
     pub sites_used: i64,
 }
 
-pub async fn entitlements_in(state: &AppState, tx: &mut Tx, tenant_id: &str) -> ApiResult<Entitlements> {
+/// The tenant's access now (SPEC §2), from the subscription mirror, and the subscription it was derived from.
+async fn access_in(
+    state: &AppState,
+    tx: &mut Tx,
+    tenant_id: &str,
+) -> ApiResult<(Access, Option<subscriptions::CurrentSubscription>)> {
     let sub = subscriptions::current(tx, tenant_id).await?;
     let grace_ms = i64::from(state.settings.past_due_grace_days) * 86_400_000;
     let access = billing::access(
@@ -225,6 +230,48 @@ pub async fn entitlements_in(state: &AppState, tx: &mut Tx, tenant_id: &str) -> 
         state.now(),
         grace_ms,
     );
+    Ok((access, sub))
+}
+
+/// SPEC §2: a suspended tenant (no subscription, or one that is `unpaid`, `canceled`, `incomplete…`, `paused`,
+/// or past due beyond the grace period) is read-only: nothing is created, changed or sent for it until billing
+/// is restored. Refused with 402 naming the subscription's state and the way out. Billing (checkout, portal),
+/// reads, deleting a worker and withdrawing a worker's consent stay open: a person's data can always be removed.
+pub async fn ensure_writable(state: &AppState, tx: &mut Tx, tenant_id: &str) -> ApiResult<()> {
+    match access_in(state, tx, tenant_id).await? {
+        (Access::Suspended, sub) => Err(suspended(sub.as_ref().map(|s| s.status.as_str()))),
+        _ => Ok(()),
+    }
+}
+
+/// [`ensure_writable`] in a transaction of its own, for a change that checks other things before it writes.
+pub async fn ensure_writable_now(state: &AppState, tenant_id: &str) -> ApiResult<()> {
+    let mut tx = state.db.begin().await?;
+    ensure_writable(state, &mut tx, tenant_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn suspended(status: Option<&str>) -> ApiError {
+    let why = match status {
+        None => "has no subscription".to_owned(),
+        Some("past_due") => "has a subscription past due beyond its grace period".to_owned(),
+        Some(s) => format!("has a subscription that is {s}"),
+    };
+    ApiError::new(
+        axum::http::StatusCode::PAYMENT_REQUIRED,
+        "tenant_suspended",
+        format!(
+            "this tenant {why}, so it is read-only: nothing can be created, changed or sent until billing is \
+             restored; start a subscription with POST /api/billing/checkout, or update the payment method in the \
+             billing portal (POST /api/billing/portal). Reading, deleting workers and withdrawing consent stay \
+             allowed"
+        ),
+    )
+}
+
+pub async fn entitlements_in(state: &AppState, tx: &mut Tx, tenant_id: &str) -> ApiResult<Entitlements> {
+    let (access, sub) = access_in(state, tx, tenant_id).await?;
     Ok(Entitlements {
         access,
         max_sites: billing::max_sites(access, sub.as_ref().map_or(0, |s| s.addon_quantity)),
@@ -297,6 +344,9 @@ pub async fn create_site(
         return Err(ApiError::not_found("tenant"));
     }
     let ent = entitlements_in(state, &mut tx, tenant_id).await?;
+    if ent.access == Access::Suspended {
+        return Err(suspended(ent.subscription_status.as_deref()));
+    }
     if ent.sites_used >= ent.max_sites {
         return Err(ApiError::new(
             axum::http::StatusCode::PAYMENT_REQUIRED,
@@ -331,6 +381,7 @@ pub async fn update_site(
     };
     let now = state.now();
     let mut tx = state.db.begin().await?;
+    ensure_writable(state, &mut tx, tenant_id).await?;
     let updated =
         sites::update(&mut tx, tenant_id, id, name.as_deref(), address.as_ref().map(|a| a.as_deref()), now).await;
     let row = match updated {
@@ -350,6 +401,7 @@ pub async fn update_site(
 pub async fn delete_site(state: &AppState, tenant_id: &str, id: &str, actor: &Actor) -> ApiResult<()> {
     let now = state.now();
     let mut tx = state.db.begin().await?;
+    ensure_writable(state, &mut tx, tenant_id).await?;
     if !sites::delete(&mut tx, tenant_id, id).await? {
         return Err(ApiError::not_found("site"));
     }
@@ -435,6 +487,7 @@ pub async fn create_worker(
         updated_at: now,
     };
     let mut tx = state.db.begin().await?;
+    ensure_writable(state, &mut tx, tenant_id).await?;
     check_site(&mut tx, tenant_id, row.site_id.as_deref()).await?;
     if let Err(e) = workers::insert(&mut tx, &row).await {
         return Err(if db::is_unique_violation(&e) { phone_taken() } else { e.into() });
@@ -473,6 +526,15 @@ pub async fn update_worker(
     let evidence = parse_evidence(input.consent_evidence.as_deref(), || format!("changed by {}", actor.name))?;
     let now = state.now();
     let mut tx = state.db.begin().await?;
+    // Withdrawing consent (and nothing else) stays allowed for a suspended tenant.
+    let only_withdrawal = input.sms_consent == Some(false)
+        && name.is_none()
+        && phone.is_none()
+        && language.is_none()
+        && input.site_id.is_none();
+    if !only_withdrawal {
+        ensure_writable(state, &mut tx, tenant_id).await?;
+    }
     let mut w = workers::get_in_tx(&mut tx, tenant_id, id).await?.ok_or_else(|| ApiError::not_found("worker"))?;
     let mut changed = Vec::new();
     if let Some(name) = name {
@@ -575,6 +637,10 @@ pub async fn record_paper_consent(
     let evidence = parse_evidence(Some(evidence), String::new)?;
     let now = state.now();
     let mut tx = state.db.begin().await?;
+    if input.consent {
+        // Withdrawing consent stays allowed for a suspended tenant; granting it is a change.
+        ensure_writable(state, &mut tx, tenant_id).await?;
+    }
     let mut w = workers::get_in_tx(&mut tx, tenant_id, id).await?.ok_or_else(|| ApiError::not_found("worker"))?;
     let ev = workers::ConsentEvent {
         tenant_id: Some(tenant_id),

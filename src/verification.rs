@@ -55,6 +55,7 @@ async fn pending(state: &AppState, tenant_id: &str, worker_id: &str, now: i64) -
 
 pub async fn start(state: &AppState, tenant_id: &str, worker_id: &str, actor: &Actor) -> ApiResult<Started> {
     let now = state.now();
+    crate::tenancy::ensure_writable_now(state, tenant_id).await?;
     let worker = workers::get(&state.db, tenant_id, worker_id).await?.ok_or_else(|| ApiError::not_found("worker"))?;
     if worker.phone_verified {
         return Err(ApiError::conflict("already_verified", "this worker's phone is already verified"));
@@ -145,6 +146,7 @@ pub async fn check(
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::unprocessable("invalid_field", "code: enter the 6 digits received by SMS"));
     }
+    crate::tenancy::ensure_writable_now(state, tenant_id).await?;
     let worker = workers::get(&state.db, tenant_id, worker_id).await?.ok_or_else(|| ApiError::not_found("worker"))?;
     let Some(p) = pending(state, tenant_id, worker_id, now).await? else {
         return Err(ApiError::new(

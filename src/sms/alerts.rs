@@ -233,6 +233,7 @@ pub async fn create_alert(
     let now = state.now();
     let limits = &state.settings.sms;
     let mut tx = state.db.begin().await?;
+    crate::tenancy::ensure_writable(state, &mut tx, tenant_id).await?;
     let candidates = sms::candidates(&mut tx, tenant_id).await?;
     // (worker id, the worker if found)
     let targets: Vec<(String, Option<&sms::Candidate>)> = match &recipients {

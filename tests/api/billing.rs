@@ -59,12 +59,12 @@ async fn live_subscription(app: &TestApp, fake: &FakeStripe, tenant: &str, addon
     fake.put_customer(&format!("cus_{tenant}"), tenant);
     fake.put_subscription(&format!("sub_{tenant}"), &format!("cus_{tenant}"), "active", "month", addon);
     crate::billing_webhooks::link_customer(app, tenant, &format!("cus_{tenant}")).await;
-    crate::sites::subscribe(app, tenant, "active", addon).await;
+    subscribe(&app.db, tenant, "active", addon).await;
 }
 
 with_fake_stripe! {
     async fn checkout_sends_the_base_price_and_the_same_interval_add_on_with_tax_and_fixed_urls(app, fake) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         let (s, b) = app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(json!({"plan": "monthly", "additional_sites": 2}))).await;
         assert_eq!(s, StatusCode::OK, "{b}");
         assert!(b["url"].as_str().unwrap().starts_with("https://checkout.stripe.test/c/pay/cs_test_"));
@@ -114,7 +114,7 @@ with_fake_stripe! {
     }
 
     async fn bad_checkout_input_is_refused_with_the_field_and_nothing_is_sent(app, fake) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         for (body, field) in [
             (json!({"plan": "weekly", "additional_sites": 1}), "plan"),
             (json!({"additional_sites": 1}), "plan"),
@@ -134,7 +134,7 @@ with_fake_stripe! {
     }
 
     async fn concurrent_checkouts_create_one_stripe_customer_and_one_row(app, fake) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         let results = futures::future::join_all((0..10).map(|_| {
             app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(json!({"plan": "monthly", "additional_sites": 0})))
         })).await;
@@ -152,7 +152,7 @@ with_fake_stripe! {
     }
 
     async fn stripe_errors_429_and_500_are_retried_with_the_same_idempotency_key(app, fake) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         fake.fail_next(&[429, 500]);
         let (s, b) = app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(json!({"plan": "monthly", "additional_sites": 1}))).await;
         assert_eq!(s, StatusCode::OK, "{b}");
@@ -163,7 +163,7 @@ with_fake_stripe! {
     }
 
     async fn a_stripe_outage_is_503_and_records_nothing(app, fake) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         fake.fail_next(&[500, 503, 502]);
         let before = app.count("system_audit_logs").await;
         let (s, b) = app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(json!({"plan": "monthly", "additional_sites": 1}))).await;
@@ -174,8 +174,8 @@ with_fake_stripe! {
     }
 
     async fn the_portal_opens_for_the_tenants_own_customer_with_a_fixed_return_url(app, fake) {
-        let key = app.tenant_with_key("acme").await;
-        let other = app.tenant_with_key("other").await;
+        let key = app.tenant_without_subscription("acme").await;
+        let other = app.tenant_without_subscription("other").await;
         crate::billing_webhooks::link_customer(&app, "acme", "cus_acme").await;
         crate::billing_webhooks::link_customer(&app, "other", "cus_other").await;
         let (s, b) = app.send(Method::POST, "/api/billing/portal", Some(&key), None).await;
@@ -193,7 +193,7 @@ with_fake_stripe! {
     }
 
     async fn changing_the_site_count_adds_updates_and_removes_the_add_on_item_with_proration(app, fake) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         live_subscription(&app, &fake, "acme", 0).await;
 
         let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 3}))).await;
@@ -226,7 +226,7 @@ with_fake_stripe! {
     }
 
     async fn the_site_count_cannot_drop_below_the_sites_in_use_or_change_without_a_subscription(app, fake) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 1}))).await;
         assert_eq!((s, error_code(&b)), (StatusCode::CONFLICT, "no_subscription"));
         live_subscription(&app, &fake, "acme", 2).await;
@@ -239,8 +239,8 @@ with_fake_stripe! {
     }
 
     async fn the_sync_repairs_drift_recovers_undelivered_events_and_records_each_correction(app, fake) {
-        app.tenant_with_key("acme").await;
-        app.tenant_with_key("beta").await;
+        app.tenant_without_subscription("acme").await;
+        app.tenant_without_subscription("beta").await;
         // Stripe's truth.
         fake.put_customer("cus_acme", "acme");
         fake.put_customer("cus_beta", "beta");
@@ -253,7 +253,7 @@ with_fake_stripe! {
                               "created": 1_764_000_000, "livemode": false, "data": {"object": ev_sub}}));
         // The mirror drifted: acme's row says canceled with no add-on; beta's customer is not linked at all.
         crate::billing_webhooks::link_customer(&app, "acme", "cus_acme").await;
-        crate::sites::subscribe(&app, "acme", "canceled", 0).await;
+        subscribe(&app.db, "acme", "canceled", 0).await;
 
         // Many pages: the client must follow starting_after.
         for i in 0..150 {
@@ -291,7 +291,7 @@ with_fake_stripe! {
     }
 
     async fn a_partial_sync_failure_is_reported_as_such(app, fake) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         fake.put_customer("cus_acme", "acme");
         fake.put_subscription("sub_acme", "cus_acme", "active", "month", 1);
         // The event listing fails three times (all its attempts); the rest goes on.
@@ -309,7 +309,7 @@ with_fake_stripe! {
     extra [("STRIPE_TRIAL_DAYS", "14"), ("CRON_SECRET", "cron-secret-0123456789abcdef")];
 
     async fn the_trial_comes_from_the_server_configuration(app, fake) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         let (s, _) = app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(json!({"plan": "annual", "additional_sites": 1}))).await;
         assert_eq!(s, StatusCode::OK);
         let session = &fake.requests_to(Method::POST, "/v1/checkout/sessions")[0];
@@ -338,7 +338,7 @@ with_fake_stripe! {
 
 both_backends! {
     async fn without_stripe_the_billing_endpoints_answer_503_billing_not_configured(app) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         for (method, path, body) in [
             (Method::POST, "/api/billing/checkout", Some(json!({"plan": "monthly", "additional_sites": 0}))),
             (Method::POST, "/api/billing/portal", None),

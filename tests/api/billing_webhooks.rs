@@ -147,7 +147,7 @@ both_backends! {
     with webhook_vars();
 
     async fn events_signed_by_the_official_sdk_are_accepted_and_bad_signatures_change_nothing(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let body = event("evt_sdk_1", "customer.subscription.created", now_secs(), sub_object("sub_sdk", "cus_acme", "active", 1));
         let before = (app.count("billing_events").await, app.count("system_audit_logs").await, app.count("subscriptions").await);
@@ -194,7 +194,7 @@ both_backends! {
     }
 
     async fn every_order_of_a_subscriptions_history_converges_to_the_same_row(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let t0 = now_secs() - 3_600;
         let history = |sub: &str| vec![
@@ -220,7 +220,7 @@ both_backends! {
     }
 
     async fn an_older_event_never_overwrites_newer_state_and_ties_go_to_the_later_status(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let t = now_secs() - 100;
         deliver(&app, &event("evt_new", "customer.subscription.updated", t + 50, sub_object("sub_o", "cus_acme", "past_due", 2))).await;
@@ -238,7 +238,7 @@ both_backends! {
     }
 
     async fn twenty_concurrent_deliveries_of_one_event_have_one_effect(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let body = event("evt_once", "customer.subscription.created", now_secs(), sub_object("sub_once", "cus_acme", "active", 2));
         let results = futures::future::join_all((0..20).map(|_| deliver(&app, &body))).await;
@@ -253,7 +253,7 @@ both_backends! {
     }
 
     async fn a_failed_event_is_recorded_answered_500_and_applied_by_the_retry_pass(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         // The customer is not linked yet (and the object carries no tenant): applying fails.
         let body = event("evt_fail", "customer.subscription.created", now_secs(), sub_object("sub_f", "cus_later", "active", 1));
         let (s, res) = deliver(&app, &body).await;
@@ -285,7 +285,7 @@ both_backends! {
     }
 
     async fn an_event_still_failing_72_hours_after_its_receipt_is_given_up_once_and_never_retried(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         // A subscription of a customer that is not one of ours: nothing will ever link it to a tenant.
         let body = event("evt_foreign", "customer.subscription.created", now_secs(), sub_object("sub_x", "cus_foreign", "active", 0));
         let (s, res) = deliver(&app, &body).await;
@@ -335,7 +335,7 @@ both_backends! {
     }
 
     async fn an_event_whose_customer_is_linked_within_72_hours_is_applied_by_a_retry(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         let body = event("evt_early", "customer.subscription.created", now_secs(), sub_object("sub_e", "cus_late", "active", 2));
         let (s, _) = deliver(&app, &body).await;
         assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
@@ -361,7 +361,7 @@ both_backends! {
     }
 
     async fn a_redelivery_of_a_given_up_event_is_acknowledged_and_has_no_effect(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         let body = event("evt_gone", "customer.subscription.created", now_secs(), sub_object("sub_g", "cus_gone", "active", 0));
         let (s, _) = deliver(&app, &body).await;
         assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
@@ -381,7 +381,7 @@ both_backends! {
     }
 
     async fn entitlements_and_the_subscription_view_follow_the_mirror(app) {
-        let key = app.tenant_with_key("acme").await;
+        let key = app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let t = now_secs() - 100;
         let e = entitlements(&app, &key).await;
@@ -420,7 +420,7 @@ both_backends! {
     }
 
     async fn invoice_and_customer_events_are_order_safe_too(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let t = now_secs() - 100;
         let inv = |status: &str| crate::fake_stripe::invoice("in_o", "cus_acme", "sub_x", status, 5_750);
@@ -452,7 +452,7 @@ both_backends! {
     }
 
     async fn checkout_completion_links_the_customer_named_by_the_session(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         let session = json!({"id": "cs_1", "object": "checkout.session", "customer": "cus_new", "subscription": "sub_new",
                              "client_reference_id": "acme", "metadata": {"tenant_id": "acme"}, "payment_status": "paid",
                              "customer_details": {"email": "a@acme.test", "name": "Acme"}});

@@ -37,7 +37,13 @@ async fn story(backend: Backend) {
     assert!(key["key"].as_str().unwrap().starts_with("s360_key_"));
     ok(&secur360(&url, &["tenant", "api-key", "revoke", "cerdia", key["id"].as_str().unwrap()]));
 
-    ok(&secur360(&url, &["worker", "add", "cerdia", "--name", "Jean", "--phone", "514 873 2015", "--sms-consent"]));
+    let add_jean = ["worker", "add", "cerdia", "--name", "Jean", "--phone", "514 873 2015", "--sms-consent"];
+    // Without a subscription the tenant is read-only (SPEC §2), from the command line too.
+    let suspended = secur360(&url, &add_jean);
+    assert!(!suspended.status.success());
+    assert!(String::from_utf8_lossy(&suspended.stderr).contains("tenant_suspended"));
+    subscribe(&db, "cerdia", "active", 0).await;
+    ok(&secur360(&url, &add_jean));
     let bad = secur360(&url, &["worker", "add", "cerdia", "--name", "Paul", "--phone", "nope"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("phone"));

@@ -121,7 +121,7 @@ async fn crash_in_the_middle_of_an_alert(backend: Backend) {
         &sms_serve_vars(&fake, &url, CRASH_MESSAGES, CRASH_CLAIM_BATCH, CRASH_CONCURRENCY),
     )
     .await;
-    let key = serve.tenant_with_key("crash").await;
+    let key = serve.tenant_with_key(&db, "crash").await;
     insert_consenting_workers(&db, "crash", CRASH_MESSAGES).await;
 
     let started = Instant::now();
@@ -496,7 +496,7 @@ async fn database_outage() {
     ]);
     env.extend(vars(&crate::inbound::twilio_vars()));
     let mut serve = ServeProcess::start("db-outage", &env).await;
-    let key = serve.tenant_with_key("outage").await;
+    let key = serve.tenant_with_key(&db, "outage").await;
 
     // The load: four clients creating workers back to back, each answer recorded.
     let t0 = Instant::now();

@@ -272,8 +272,16 @@ impl TestApp {
         self.send(method, path, Some(ADMIN_TOKEN), body).await
     }
 
-    /// Create a tenant and return an API key for it.
+    /// Create a paying tenant (an active subscription without add-on in the mirror, see [`subscribe`]) and
+    /// return an API key for it.
     pub async fn tenant_with_key(&self, id: &str) -> String {
+        let key = self.tenant_without_subscription(id).await;
+        subscribe(&self.db, id, "active", 0).await;
+        key
+    }
+
+    /// Create a tenant that has no subscription (suspended, read-only: SPEC §2) and return an API key for it.
+    pub async fn tenant_without_subscription(&self, id: &str) -> String {
         let (s, b) = self
             .operator(Method::POST, "/api/tenants", Some(json!({ "id": id, "name": format!("Tenant {id}") })))
             .await;
@@ -314,6 +322,19 @@ impl TestApp {
     pub async fn exec(&self, sql: &str) {
         on_db!(&self.db, p => sqlx::query(sql).execute(p).await.map(|_| ())).expect("statement runs");
     }
+}
+
+/// Give `tenant` a subscription `sub_{tenant}` of customer `cus_{tenant}` in the billing mirror, with `status` and
+/// `addon` additional sites, as the mirror would hold it (without a live one a tenant is read-only, SPEC §2).
+/// Written directly, as the state a test starts from; the billing tests also reach the mirror through Stripe
+/// events.
+pub async fn subscribe(db: &Db, tenant: &str, status: &str, addon: i64) {
+    let sql = "INSERT INTO subscriptions (stripe_subscription_id, tenant_id, stripe_customer_id, status, \
+               addon_quantity, stripe_created, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 1, 1, 1)";
+    let (sub, customer) = (format!("sub_{tenant}"), format!("cus_{tenant}"));
+    on_db!(db, p => sqlx::query(sql).bind(&sub).bind(tenant).bind(&customer).bind(status).bind(addon)
+        .execute(p).await.map(|_| ()))
+    .expect("subscription inserted");
 }
 
 pub async fn read(res: Response) -> (StatusCode, Value) {

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod abuse;
+mod access;
 mod admin;
 mod audit_log;
 mod auth;

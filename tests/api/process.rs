@@ -177,7 +177,9 @@ impl ServeProcess {
     }
 
     /// Create a tenant through the API and return an API key for it.
-    pub async fn tenant_with_key(&self, id: &str) -> String {
+    /// Create a paying tenant (its subscription written into `db`, see `helpers::subscribe`) and return an API
+    /// key for it.
+    pub async fn tenant_with_key(&self, db: &secur360::db::Db, id: &str) -> String {
         let (s, b) = self
             .operator(
                 Method::POST,
@@ -194,6 +196,7 @@ impl ServeProcess {
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
+        crate::helpers::subscribe(db, id, "active", 0).await;
         b["key"].as_str().expect("key in response").to_owned()
     }
 

@@ -36,7 +36,8 @@ const SYSTEM_TABLES: [&str; 6] =
     ["admin_sessions", "sms_status_events", "sms_inbound", "voice_calls", "job_runs", "config_fingerprints"];
 
 /// Two tenants, `acme` and `beta`, each with a site, workers, an alert and its messages, a phone verification,
-/// consent-ledger rows, a rate window, audit rows and a billing mirror; plus rows in the platform tables.
+/// consent-ledger rows, a rate window, audit rows and a billing mirror (its subscription from `tenant_with_key`);
+/// plus rows in the platform tables.
 async fn two_tenants() -> TestApp {
     let (app, _fake) = sms_app(Backend::Postgres, false, &[]).await;
     for (tenant, phone) in [("acme", "514 873 2015"), ("beta", "514 873 2016")] {
@@ -57,8 +58,6 @@ async fn two_tenants() -> TestApp {
         assert!(s.is_success(), "{b}");
         exec_all(&app, &format!(
             "INSERT INTO customers (stripe_customer_id, tenant_id, created_at, updated_at) VALUES ('cus_{tenant}', '{tenant}', 1, 1);
-             INSERT INTO subscriptions (stripe_subscription_id, tenant_id, stripe_customer_id, status, stripe_created, created_at, updated_at)
-                 VALUES ('sub_{tenant}', '{tenant}', 'cus_{tenant}', 'active', 1, 1, 1);
              INSERT INTO invoices (stripe_invoice_id, tenant_id, stripe_customer_id, status, currency, amount_due, amount_paid,
                  amount_remaining, subtotal, total, stripe_created, created_at, updated_at)
                  VALUES ('in_{tenant}', '{tenant}', 'cus_{tenant}', 'paid', 'cad', 100, 100, 0, 100, 100, 1, 1, 1);

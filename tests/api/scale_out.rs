@@ -29,7 +29,7 @@ async fn scale_out_two_serve_processes_on_one_postgres_send_each_message_once_an
     vars.push(("CRON_TZ".into(), "UTC".into()));
 
     let (a, b) = tokio::join!(ServeProcess::start("scale-a", &vars), ServeProcess::start("scale-b", &vars));
-    let key = a.tenant_with_key("scale").await;
+    let key = a.tenant_with_key(&db, "scale").await;
     insert_consenting_workers(&db, "scale", MESSAGES).await;
 
     let started = Instant::now();

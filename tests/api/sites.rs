@@ -4,15 +4,6 @@ use serde_json::json;
 use crate::both_backends;
 use crate::helpers::*;
 
-/// Give a tenant an active subscription with `addon` additional sites, as the billing mirror would.
-pub async fn subscribe(app: &TestApp, tenant: &str, status: &str, addon: i64) {
-    app.exec(&format!(
-        "INSERT INTO subscriptions (stripe_subscription_id, tenant_id, stripe_customer_id, status, addon_quantity, \
-         stripe_created, created_at, updated_at) VALUES ('sub_{tenant}', '{tenant}', 'cus_{tenant}', '{status}', {addon}, 1, 1, 1)"
-    ))
-    .await;
-}
-
 both_backends! {
     async fn a_tenant_admin_creates_lists_reads_updates_and_deletes_sites(app) {
         let key = app.tenant_with_key("acme").await;
@@ -53,8 +44,8 @@ both_backends! {
     }
 
     async fn the_site_limit_follows_the_subscription_add_on(app) {
-        let key = app.tenant_with_key("acme").await;
-        subscribe(&app, "acme", "active", 2).await;
+        let key = app.tenant_without_subscription("acme").await;
+        subscribe(&app.db, "acme", "active", 2).await;
         for name in ["A", "B", "C"] {
             let (s, b) = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": name}))).await;
             assert_eq!(s, StatusCode::CREATED, "{name}: {b}");
@@ -67,15 +58,15 @@ both_backends! {
     }
 
     async fn a_canceled_subscription_grants_one_site_only(app) {
-        let key = app.tenant_with_key("acme").await;
-        subscribe(&app, "acme", "canceled", 4).await;
+        let key = app.tenant_without_subscription("acme").await;
+        subscribe(&app.db, "acme", "canceled", 4).await;
         let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
         assert_eq!((e["access"].as_str(), e["max_sites"].as_i64()), (Some("suspended"), Some(1)));
     }
 
     async fn concurrent_creations_cannot_exceed_the_limit(app) {
-        let key = app.tenant_with_key("acme").await;
-        subscribe(&app, "acme", "active", 1).await;
+        let key = app.tenant_without_subscription("acme").await;
+        subscribe(&app.db, "acme", "active", 1).await;
         let requests = (0..8).map(|i| app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": format!("S{i}")}))));
         let results = futures::future::join_all(requests).await;
         let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
@@ -85,8 +76,8 @@ both_backends! {
     }
 
     async fn a_duplicate_site_name_is_a_conflict(app) {
-        let key = app.tenant_with_key("acme").await;
-        subscribe(&app, "acme", "active", 5).await;
+        let key = app.tenant_without_subscription("acme").await;
+        subscribe(&app.db, "acme", "active", 5).await;
         app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": "Usine"}))).await;
         let (s, b) = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": "Usine"}))).await;
         assert_eq!((s, error_code(&b)), (StatusCode::CONFLICT, "site_exists"));

@@ -78,7 +78,7 @@ both_backends! {
     with webhook_vars();
 
     async fn a_hundred_concurrent_distinct_events_are_each_applied_stored_and_audited_once(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let bodies: Vec<String> = (0..100).map(|n| invoice_event(n, "cus_acme")).collect();
         let answers = futures::future::join_all(bodies.iter().map(|b| deliver(&app, b))).await;
@@ -96,7 +96,7 @@ both_backends! {
     }
 
     async fn an_event_that_fails_in_a_batch_fails_alone(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         poison_invoice(&app).await;
         let poison = event("evt_poison", "invoice.paid", now_secs(),
@@ -134,7 +134,7 @@ both_backends! {
     }
 
     async fn duplicate_deliveries_in_one_batch_or_in_concurrent_batches_have_one_effect(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let sub = event("evt_sub", "customer.subscription.created", now_secs(), sub_object("sub_d", "cus_acme", "active", 2));
         let inv = invoice_event(1, "cus_acme");
@@ -179,7 +179,7 @@ both_backends! {
     }
 
     async fn shutdown_applies_the_queued_events_then_refuses_new_ones(app) {
-        app.tenant_with_key("acme").await;
+        app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let pending: Vec<_> = (0..50)
             .map(|n| app.state.stripe_ingest.enqueue(new_event(&app, &invoice_event(n, "cus_acme"))).unwrap())
@@ -205,7 +205,7 @@ both_backends! {
 async fn a_full_queue_answers_503_at_once_and_stores_nothing(backend: Backend) {
     let vars: Vec<(String, String)> = webhook_vars().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let (app, stalled) = spawn_app_with_stalled_workers(backend, &vars, secur360::time::Clock::system()).await;
-    app.tenant_with_key("acme").await;
+    app.tenant_without_subscription("acme").await;
     link_customer(&app, "acme", "cus_acme").await;
     let before = (app.snapshot().await, app.count("billing_events").await, app.count("invoices").await);
     let waiting: Vec<_> = (0..QUEUE_MAX)
