@@ -208,7 +208,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc {
         name: "SMS_RATE_PER_MINUTE",
         secret: false,
-        meaning: "SMS a tenant may queue per minute, across instances (default 600)",
+        meaning: "SMS a tenant may queue per minute, across instances (default 2000, the recipient cap)",
     },
     VarDoc { name: "SMS_MAX_RECIPIENTS", secret: false, meaning: "recipients per alert (default 2000)" },
     VarDoc {
@@ -483,7 +483,7 @@ impl Settings {
 
         let sms = SmsSettings {
             max_segments: r.parse("SMS_MAX_SEGMENTS", 4u32, "a whole number of segments"),
-            rate_per_minute: r.parse("SMS_RATE_PER_MINUTE", 600u32, "a whole number of messages"),
+            rate_per_minute: r.parse("SMS_RATE_PER_MINUTE", 2000u32, "a whole number of messages"),
             max_recipients: r.parse("SMS_MAX_RECIPIENTS", 2000u32, "a whole number of recipients"),
             dispatch_concurrency: r.parse("SMS_DISPATCH_CONCURRENCY", 8u32, "a whole number"),
             dispatch_rate_per_second: r.parse("SMS_DISPATCH_RATE_PER_SECOND", 20u32, "a whole number"),
@@ -704,7 +704,9 @@ mod tests {
     fn sms_limits_have_their_defaults_are_documented_and_zero_is_refused() {
         let s = Settings::from_vars(vars(&[])).unwrap();
         let l = &s.sms;
-        assert_eq!((l.max_segments, l.rate_per_minute, l.max_recipients, l.dispatch_concurrency), (4, 600, 2000, 8));
+        assert_eq!((l.max_segments, l.rate_per_minute, l.max_recipients, l.dispatch_concurrency), (4, 2000, 2000, 8));
+        // An alert larger than the per-minute rate is refused: with the defaults, the largest allowed one fits.
+        assert!(l.max_recipients <= l.rate_per_minute);
         assert_eq!((l.dispatch_rate_per_second, l.max_attempts, l.provider_timeout_ms), (20, 6, 10_000));
         let shown: Vec<&str> = s.display_rows().into_iter().map(|(k, _)| k).collect();
         for name in [
