@@ -212,8 +212,15 @@ pub async fn revoke_api_key(state: &AppState, tenant_id: &str, key_id: &str, act
 pub struct Entitlements {
     pub access: Access,
     pub subscription_status: Option<String>,
+    /// While access is `grace` (past due): when it becomes suspended, for the tenant's banner.
+    #[serde(serialize_with = "crate::time::ser_opt_ts")]
+    pub grace_ends_at: Option<i64>,
     pub max_sites: i64,
     pub sites_used: i64,
+}
+
+fn grace_ms(state: &AppState) -> i64 {
+    i64::from(state.settings.past_due_grace_days) * 86_400_000
 }
 
 /// The tenant's access now (SPEC §2), from the subscription mirror, and the subscription it was derived from.
@@ -223,12 +230,11 @@ async fn access_in(
     tenant_id: &str,
 ) -> ApiResult<(Access, Option<subscriptions::CurrentSubscription>)> {
     let sub = subscriptions::current(tx, tenant_id).await?;
-    let grace_ms = i64::from(state.settings.past_due_grace_days) * 86_400_000;
     let access = billing::access(
         sub.as_ref().map(|s| s.status.as_str()),
         sub.as_ref().and_then(|s| s.past_due_since),
         state.now(),
-        grace_ms,
+        grace_ms(state),
     );
     Ok((access, sub))
 }
@@ -272,7 +278,12 @@ fn suspended(status: Option<&str>) -> ApiError {
 
 pub async fn entitlements_in(state: &AppState, tx: &mut Tx, tenant_id: &str) -> ApiResult<Entitlements> {
     let (access, sub) = access_in(state, tx, tenant_id).await?;
+    let grace_ends_at = match access {
+        Access::Grace => sub.as_ref().and_then(|s| s.past_due_since).map(|since| since + grace_ms(state)),
+        _ => None,
+    };
     Ok(Entitlements {
+        grace_ends_at,
         access,
         max_sites: billing::max_sites(access, sub.as_ref().map_or(0, |s| s.addon_quantity)),
         subscription_status: sub.map(|s| s.status),

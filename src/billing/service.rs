@@ -351,6 +351,9 @@ pub struct SubscriptionView {
     pub trial_end: Option<i64>,
     #[serde(serialize_with = "crate::time::ser_opt_ts")]
     pub past_due_since: Option<i64>,
+    /// While access is `grace`: when it becomes suspended.
+    #[serde(serialize_with = "crate::time::ser_opt_ts")]
+    pub grace_ends_at: Option<i64>,
     pub invoices: Vec<InvoiceView>,
 }
 
@@ -370,6 +373,7 @@ pub async fn view(state: &AppState, tenant_id: &str) -> ApiResult<SubscriptionVi
         cancel_at_period_end: sub.as_ref().is_some_and(|s| s.cancel_at_period_end),
         trial_end: sub.as_ref().and_then(|s| s.trial_end),
         past_due_since: sub.as_ref().and_then(|s| s.past_due_since),
+        grace_ends_at: ent.grace_ends_at,
         invoices: invoices.into_iter().map(InvoiceView::from).collect(),
     })
 }

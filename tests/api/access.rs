@@ -113,13 +113,19 @@ both_backends! {
         ))
         .await;
         assert_eq!(access(&app, &key).await, "grace");
+        // The banner's date: when the grace ends (past due since yesterday + 7 days).
+        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        assert_eq!(e["grace_ends_at"], secur360::time::to_rfc3339(now + 6 * DAY_MS));
+        let (_, view) = app.send(Method::GET, "/api/billing/subscription", Some(&key), None).await;
+        assert_eq!(view["grace_ends_at"], e["grace_ends_at"], "{view}");
         let (s, b) = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": "Usine"}))).await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
 
         // The default grace is 7 days.
         app.exec(&format!("UPDATE subscriptions SET past_due_since = {} WHERE tenant_id = 'acme'", now - 8 * DAY_MS))
             .await;
-        assert_eq!(access(&app, &key).await, "suspended");
+        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        assert_eq!((e["access"].as_str(), &e["grace_ends_at"]), (Some("suspended"), &Value::Null), "{e}");
         let (s, b) = app.send(Method::POST, "/api/workers", Some(&key), Some(json!({"name": "Jean", "phone": "514 873 2015"}))).await;
         assert_suspended(s, &b, "past due beyond its grace period", "POST /api/workers");
     }
