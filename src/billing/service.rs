@@ -8,6 +8,7 @@ use super::events::{self, subscription_row};
 use super::stripe::{Form, StripeClient, StripeError};
 use crate::audit::{self, Entry, Zone};
 use crate::db::billing::{self as store, InvoiceRow};
+use crate::db::{sites, tenants};
 use crate::domain::billing::Access;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -255,6 +256,11 @@ pub struct SitesRequest {
 
 /// Set the add-on quantity of the tenant's live subscription (prorated): update the item, add it if absent,
 /// delete it at 0. The mirror is updated from Stripe's answer.
+///
+/// Lowering is reserved first: under the tenant lock that site creation takes, the sites in use are checked and
+/// the mirror's quantity lowered before Stripe is called (no lock is held during the call), so no site can be
+/// created against the old count meanwhile, and a concurrent lowering finds the count changed (409). If Stripe
+/// refuses or cannot be reached, the old quantity is put back unless a Stripe event has updated the row since.
 pub async fn change_sites(state: &AppState, tenant_id: &str, input: SitesRequest, actor: &Actor) -> ApiResult<Value> {
     let n = parse_sites(input.additional_sites)?;
     let client = client(state)?;
@@ -267,13 +273,76 @@ pub async fn change_sites(state: &AppState, tenant_id: &str, input: SitesRequest
                 "this tenant has no live subscription; start one with POST /api/billing/checkout",
             )
         })?;
-    let used = tenancy::entitlements(state, tenant_id).await?.sites_used;
+    let lowering = n < sub.addon_quantity;
+    let mut tx = state.db.begin().await?;
+    if !tenants::lock(&mut tx, tenant_id).await? {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let used = sites::count(&mut tx, tenant_id).await?;
     if 1 + n < used {
         return Err(ApiError::conflict(
             "sites_in_use",
             format!("{used} sites are in use; delete sites before lowering additional_sites below {}", used - 1),
         ));
     }
+    let id = &sub.stripe_subscription_id;
+    if lowering && !store::set_addon_quantity_if(&mut tx, id, sub.addon_quantity, n, sub.stripe_updated_at).await? {
+        return Err(ApiError::conflict(
+            "sites_changing",
+            "the subscription changed while this request was read (another change of the site count?); retry",
+        ));
+    }
+    tx.commit().await?;
+
+    let changed = send_sites_change(state, &client, tenant_id, &sub, n).await;
+    let row = match changed {
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(json!({ "additional_sites": 0, "changed": false })),
+        Err(e) => {
+            if lowering {
+                if let Err(restore) = restore_addon_quantity(state, &sub, n).await {
+                    // The mirror keeps the lower count (never more than paid for) until the next Stripe event or
+                    // the daily sync brings Stripe's.
+                    tracing::error!(tenant = tenant_id, error = %restore, "could not put the add-on quantity back");
+                }
+            }
+            return Err(e);
+        }
+    };
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    store::upsert_subscription(&mut tx, &row).await?;
+    let entry = Entry::new(Zone::Billing, "sites_change", actor.name.clone())
+        .request_id(actor.request_id.clone())
+        .tenant(tenant_id)
+        .subject(&row.stripe_subscription_id)
+        .details(json!({ "from": sub.addon_quantity, "to": row.addon_quantity }));
+    audit::append(&mut tx, &entry, now).await?;
+    tx.commit().await?;
+    Ok(json!({ "additional_sites": row.addon_quantity, "changed": true }))
+}
+
+async fn restore_addon_quantity(
+    state: &AppState,
+    sub: &store::SubscriptionRow,
+    reserved: i64,
+) -> Result<(), sqlx::Error> {
+    let mut tx = state.db.begin().await?;
+    let id = &sub.stripe_subscription_id;
+    store::set_addon_quantity_if(&mut tx, id, reserved, sub.addon_quantity, sub.stripe_updated_at).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stripe's side of [`change_sites`]: the subscription as Stripe has it after the change, or `None` when there is
+/// nothing to change (no add-on item, and 0 asked).
+async fn send_sites_change(
+    state: &AppState,
+    client: &StripeClient,
+    tenant_id: &str,
+    sub: &store::SubscriptionRow,
+    n: i64,
+) -> ApiResult<Option<store::SubscriptionRow>> {
     // Current items from Stripe, not the mirror: the item ids and prices must be exact.
     let live = client.retrieve_subscription(&sub.stripe_subscription_id).await?;
     let now = state.now();
@@ -286,22 +355,12 @@ pub async fn change_sites(state: &AppState, tenant_id: &str, input: SitesRequest
     match (&current.addon_item_id, n) {
         (Some(item), 0) => form.extend(crate::form![("items[0][id]", item), ("items[0][deleted]", "true")]),
         (Some(item), n) => form.extend(crate::form![("items[0][id]", item), ("items[0][quantity]", n)]),
-        (None, 0) => return Ok(json!({ "additional_sites": 0, "changed": false })),
+        (None, 0) => return Ok(None),
         (None, n) => form.extend(crate::form![("items[0][price]", &addon_price), ("items[0][quantity]", n)]),
     }
     let updated = client.update_subscription(&sub.stripe_subscription_id, &form, &new_key("sites")).await?;
     let now = state.now();
-    let row = subscription_row(&state.settings.stripe, &updated, tenant_id, now, now)?;
-    let mut tx = state.db.begin().await?;
-    store::upsert_subscription(&mut tx, &row).await?;
-    let entry = Entry::new(Zone::Billing, "sites_change", actor.name.clone())
-        .request_id(actor.request_id.clone())
-        .tenant(tenant_id)
-        .subject(&row.stripe_subscription_id)
-        .details(json!({ "from": current.addon_quantity, "to": row.addon_quantity }));
-    audit::append(&mut tx, &entry, now).await?;
-    tx.commit().await?;
-    Ok(json!({ "additional_sites": row.addon_quantity, "changed": true }))
+    Ok(Some(subscription_row(&state.settings.stripe, &updated, tenant_id, now, now)?))
 }
 
 #[derive(Debug, Serialize)]

@@ -172,6 +172,18 @@ pub async fn upsert_subscription(tx: &mut Tx, r: &SubscriptionRow) -> Result<boo
     Ok(n == 1)
 }
 
+/// Set the add-on quantity of subscription `id` from `from` to `to`, only if the row still holds `from` and the
+/// watermark `at` (no Stripe event was applied since it was read); returns whether it was written. Used to lower
+/// the entitlement ahead of a change sent to Stripe, and to put it back if Stripe refuses the change; the
+/// watermark is left alone, so Stripe's own answer or event always wins afterwards.
+pub async fn set_addon_quantity_if(tx: &mut Tx, id: &str, from: i64, to: i64, at: i64) -> Result<bool, sqlx::Error> {
+    let n = on_tx!(tx, c => sqlx::query(
+        "UPDATE subscriptions SET addon_quantity = $3 \
+         WHERE stripe_subscription_id = $1 AND addon_quantity = $2 AND stripe_updated_at = $4"
+    ).bind(id).bind(from).bind(to).bind(at).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
 pub async fn subscription_in(tx: &mut Tx, id: &str) -> Result<Option<SubscriptionRow>, sqlx::Error> {
     let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE stripe_subscription_id = $1");
     on_tx!(tx, c => sqlx::query_as(&sql).bind(id).fetch_optional(&mut *c).await)

@@ -238,6 +238,41 @@ with_fake_stripe! {
         assert!(fake.requests_to(Method::POST, "/v1/subscriptions/sub_acme").is_empty());
     }
 
+    async fn no_site_is_created_against_the_old_count_while_stripe_lowers_it(app, fake) {
+        let key = app.tenant_without_subscription("acme").await;
+        live_subscription(&app, &fake, "acme", 2).await;
+        for name in ["A", "B"] {
+            let (s, b) = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": name}))).await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+        }
+        // While Stripe is lowering the add-on from 2 to 1, a third site is asked for: it must not fit.
+        let gate = fake.hold_subscription_update();
+        let lower = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 1})));
+        let meanwhile = async {
+            gate.arrived.notified().await;
+            let created = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": "C"}))).await;
+            gate.release.notify_one();
+            created
+        };
+        let ((s, b), (cs, cb)) = tokio::join!(lower, meanwhile);
+        assert_eq!((s, b["additional_sites"].as_i64()), (StatusCode::OK, Some(1)), "{b}");
+        assert_eq!((cs, error_code(&cb)), (StatusCode::PAYMENT_REQUIRED, "site_limit_reached"), "{cb}");
+        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        assert_eq!((e["max_sites"].as_i64(), e["sites_used"].as_i64()), (Some(2), Some(2)), "{e}");
+    }
+
+    async fn a_lowering_stripe_refuses_gives_the_sites_back(app, fake) {
+        let key = app.tenant_without_subscription("acme").await;
+        live_subscription(&app, &fake, "acme", 2).await;
+        fake.fail_next(&[400]);
+        let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 0}))).await;
+        assert!(s.is_client_error() || s.is_server_error(), "{s} {b}");
+        assert!(fake.requests_to(Method::POST, "/v1/subscriptions/sub_acme").is_empty(), "nothing changed at Stripe");
+        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        assert_eq!(e["max_sites"].as_i64(), Some(3), "the mirror keeps what Stripe has: {e}");
+        assert_eq!(app.count("system_audit_logs WHERE action = 'sites_change'").await, 0);
+    }
+
     async fn the_sync_repairs_drift_recovers_undelivered_events_and_records_each_correction(app, fake) {
         app.tenant_without_subscription("acme").await;
         app.tenant_without_subscription("beta").await;

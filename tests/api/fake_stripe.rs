@@ -41,6 +41,16 @@ pub struct Inner {
     pub invoices: BTreeMap<String, Value>,
     pub events: Vec<Value>,
     pub next_id: u64,
+    /// Set by [`FakeStripe::hold_subscription_update`]: the next subscription update waits on it.
+    pub hold: Option<Gate>,
+}
+
+/// A request held by the fake: `arrived` is notified when it reaches the fake, which answers it once `release`
+/// is notified (so a test can act while the service waits on Stripe).
+#[derive(Clone, Default)]
+pub struct Gate {
+    pub arrived: Arc<tokio::sync::Notify>,
+    pub release: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Clone, Default)]
@@ -95,6 +105,13 @@ impl FakeStripe {
 
     pub fn requests_to(&self, method: Method, path: &str) -> Vec<Recorded> {
         self.requests().into_iter().filter(|r| r.method == method && r.path == path).collect()
+    }
+
+    /// Hold the next `POST /v1/subscriptions/{id}` until the returned gate's `release` is notified.
+    pub fn hold_subscription_update(&self) -> Gate {
+        let gate = Gate::default();
+        self.inner.lock().unwrap().hold = Some(gate.clone());
+        gate
     }
 
     pub fn fail_next(&self, statuses: &[u16]) {
@@ -265,6 +282,11 @@ async fn get_subscription(State(fake): State<FakeStripe>, Path(id): Path<String>
 
 /// `items[0][id|price|quantity|deleted]`: update, add or delete one item, as Stripe does.
 async fn update_subscription(State(fake): State<FakeStripe>, Path(id): Path<String>, body: Bytes) -> Response {
+    let held = fake.inner.lock().unwrap().hold.take();
+    if let Some(gate) = held {
+        gate.arrived.notify_one();
+        gate.release.notified().await;
+    }
     let form = form_of(&body);
     let mut inner = fake.inner.lock().unwrap();
     let Some(sub) = inner.subscriptions.get_mut(&id) else {
