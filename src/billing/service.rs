@@ -225,13 +225,42 @@ pub async fn checkout(
     }
     let session = client.create_checkout_session(&form, &new_key("checkout")).await?;
     let url = session["url"].as_str().ok_or_else(|| ApiError::from(StripeError::Decode("session url".into())))?;
+    let expired = expire_older_sessions(&client, &customer, &session).await;
     let entry = Entry::new(Zone::Billing, "checkout_create", actor.name.clone())
         .request_id(actor.request_id.clone())
         .tenant(tenant_id)
         .subject(session["id"].as_str().unwrap_or_default())
-        .details(json!({ "plan": plan.as_str(), "additional_sites": n }));
+        .details(json!({ "plan": plan.as_str(), "additional_sites": n, "expired_sessions": expired }));
     audit::record(&state.db, &entry, state.now()).await?;
     Ok(UrlResponse { url: url.to_owned() })
+}
+
+/// A tenant has one Checkout Session open at a time: a double submit, or a try abandoned in another tab, would
+/// otherwise leave two sessions that can both be paid, i.e. two subscriptions billed. After creating `newest`,
+/// the customer's open sessions that come before it (by `created`, then id: every request orders them the same
+/// way, so of two concurrent ones the later survives) are expired. Returns the ids expired. A failure here is
+/// logged and leaves the older session open (the new one is valid and is returned): the webhook of a completed
+/// second session still records its subscription, so nothing is lost, only the guard.
+async fn expire_older_sessions(client: &StripeClient, customer: &str, newest: &Value) -> Vec<String> {
+    let order = |s: &Value| (s["created"].as_i64().unwrap_or(0), s["id"].as_str().unwrap_or_default().to_owned());
+    let newest_key = order(newest);
+    let open = match client.open_checkout_sessions(customer).await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the customer's open Checkout Sessions; older ones stay open");
+            return Vec::new();
+        }
+    };
+    let mut expired = Vec::new();
+    for older in open.iter().filter(|s| order(s) < newest_key) {
+        let id = older["id"].as_str().unwrap_or_default();
+        match client.expire_checkout_session(id).await {
+            Ok(_) => expired.push(id.to_owned()),
+            // Completed or expired meanwhile: nothing left to guard against for that one.
+            Err(e) => tracing::warn!(session = id, error = %e, "could not expire an older Checkout Session"),
+        }
+    }
+    expired
 }
 
 pub async fn portal(state: &AppState, tenant_id: &str, actor: &Actor) -> ApiResult<UrlResponse> {

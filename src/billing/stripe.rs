@@ -243,6 +243,18 @@ impl StripeClient {
         self.post("/v1/checkout/sessions", form, key).await
     }
 
+    /// The customer's Checkout Sessions that can still be completed, every page.
+    pub async fn open_checkout_sessions(&self, customer: &str) -> Result<Vec<Value>, StripeError> {
+        let params = [("customer".to_owned(), customer.to_owned()), ("status".to_owned(), "open".to_owned())];
+        self.list_all("/v1/checkout/sessions", &params).await
+    }
+
+    /// Expire an open Checkout Session (it can no longer be completed). The key is derived from the session: a
+    /// retry, or another instance expiring the same one, cannot act twice.
+    pub async fn expire_checkout_session(&self, id: &str) -> Result<Value, StripeError> {
+        self.post(&format!("/v1/checkout/sessions/{id}/expire"), &[], &format!("secur360-expire-{id}")).await
+    }
+
     pub async fn create_portal_session(&self, form: &[(String, String)], key: &str) -> Result<Value, StripeError> {
         self.post("/v1/billing_portal/sessions", form, key).await
     }

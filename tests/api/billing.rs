@@ -238,6 +238,37 @@ with_fake_stripe! {
         assert!(fake.requests_to(Method::POST, "/v1/subscriptions/sub_acme").is_empty());
     }
 
+    async fn a_tenant_has_one_payable_checkout_session_at_a_time(app, fake) {
+        let acme = app.tenant_without_subscription("acme").await;
+        let beta = app.tenant_without_subscription("beta").await;
+        let checkout = |key: &str| {
+            let key = key.to_owned();
+            let app = &app;
+            async move {
+                let body = json!({"plan": "monthly", "additional_sites": 1});
+                let (s, b) = app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(body)).await;
+                assert_eq!(s, StatusCode::OK, "{b}");
+            }
+        };
+        checkout(&beta).await;
+        checkout(&acme).await;
+        // A second submit: the first session can no longer be paid; another customer's is left alone.
+        checkout(&acme).await;
+        let sessions = fake.sessions();
+        let cus_acme = scalar_text(&app, "SELECT stripe_customer_id FROM customers WHERE tenant_id = 'acme'").await;
+        let cus_beta = scalar_text(&app, "SELECT stripe_customer_id FROM customers WHERE tenant_id = 'beta'").await;
+        let summary: Vec<(&str, &str)> = sessions.iter().map(|(_, c, s)| (c.as_str(), s.as_str())).collect();
+        assert_eq!(summary, vec![(cus_beta.as_str(), "open"), (cus_acme.as_str(), "expired"), (cus_acme.as_str(), "open")]);
+        let sql = format!("SELECT details FROM system_audit_logs WHERE action = 'checkout_create' AND subject = '{}'", sessions[2].0);
+        let details = scalar_text(&app, &sql).await;
+        assert!(details.contains(&sessions[1].0), "the audit row names the session expired: {details}");
+
+        // Two submits at once: whatever the interleaving, one of acme's sessions is left open.
+        tokio::join!(checkout(&acme), checkout(&acme));
+        let acme_open = fake.sessions().into_iter().filter(|(_, c, s)| *c == cus_acme && s == "open").count();
+        assert_eq!(acme_open, 1, "{:?}", fake.sessions());
+    }
+
     async fn no_site_is_created_against_the_old_count_while_stripe_lowers_it(app, fake) {
         let key = app.tenant_without_subscription("acme").await;
         live_subscription(&app, &fake, "acme", 2).await;

@@ -40,6 +40,8 @@ pub struct Inner {
     pub subscriptions: BTreeMap<String, Value>,
     pub invoices: BTreeMap<String, Value>,
     pub events: Vec<Value>,
+    /// Checkout Sessions created, by id (`status` open until expired).
+    pub sessions: BTreeMap<String, Value>,
     pub next_id: u64,
     /// Set by [`FakeStripe::hold_subscription_update`]: the next subscription update waits on it.
     pub hold: Option<Gate>,
@@ -72,7 +74,8 @@ impl FakeStripe {
         fake.base = format!("http://{}", listener.local_addr().unwrap());
         let app = Router::new()
             .route("/v1/customers", post(create_customer).get(list_customers))
-            .route("/v1/checkout/sessions", post(create_session))
+            .route("/v1/checkout/sessions", post(create_session).get(list_sessions))
+            .route("/v1/checkout/sessions/{id}/expire", post(expire_session))
             .route("/v1/billing_portal/sessions", post(create_portal))
             .route("/v1/subscriptions", get(list_subscriptions))
             .route("/v1/subscriptions/{id}", get(get_subscription).post(update_subscription))
@@ -259,11 +262,61 @@ async fn list_events(State(fake): State<FakeStripe>, uri: Uri) -> Json<Value> {
     list(data, &parse_pairs(uri.query().unwrap_or("")))
 }
 
-async fn create_session(State(fake): State<FakeStripe>) -> Json<Value> {
+/// Sessions get increasing `created` times (seconds), as Stripe's would one after the other.
+async fn create_session(State(fake): State<FakeStripe>, body: Bytes) -> Json<Value> {
+    let form = form_of(&body);
     let mut inner = fake.inner.lock().unwrap();
     inner.next_id += 1;
     let id = format!("cs_test_{}", inner.next_id);
-    Json(json!({"id": id, "object": "checkout.session", "url": format!("https://checkout.stripe.test/c/pay/{id}")}))
+    let session = json!({"id": id, "object": "checkout.session", "status": "open", "mode": "subscription",
+                         "customer": get_field(&form, "customer"), "created": 1_764_000_000 + inner.next_id,
+                         "url": format!("https://checkout.stripe.test/c/pay/{id}")});
+    inner.sessions.insert(id, session.clone());
+    Json(session)
+}
+
+/// `customer` and `status` filters, as Stripe's list.
+async fn list_sessions(State(fake): State<FakeStripe>, uri: Uri) -> Json<Value> {
+    let query = parse_pairs(uri.query().unwrap_or(""));
+    let keep = |s: &Value, field: &str| get_field(&query, field).is_none_or(|want| s[field] == want);
+    let data = fake
+        .inner
+        .lock()
+        .unwrap()
+        .sessions
+        .values()
+        .filter(|s| keep(s, "customer") && keep(s, "status"))
+        .cloned()
+        .collect();
+    list(data, &query)
+}
+
+/// Only an open session can be expired; anything else is Stripe's 400.
+async fn expire_session(State(fake): State<FakeStripe>, Path(id): Path<String>) -> Response {
+    let mut inner = fake.inner.lock().unwrap();
+    match inner.sessions.get_mut(&id) {
+        Some(s) if s["status"] == "open" => {
+            s["status"] = json!("expired");
+            Json(s.clone()).into_response()
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"type": "invalid_request_error",
+                 "message": format!("Only Checkout Sessions with a status in [\"open\"] can be expired: {id}")}})),
+        )
+            .into_response(),
+    }
+}
+
+impl FakeStripe {
+    /// Every Checkout Session created so far, `(id, customer, status)`, oldest first.
+    pub fn sessions(&self) -> Vec<(String, String, String)> {
+        let inner = self.inner.lock().unwrap();
+        let mut all: Vec<&Value> = inner.sessions.values().collect();
+        all.sort_by_key(|s| s["created"].as_i64());
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        all.into_iter().map(|s| (text(&s["id"]), text(&s["customer"]), text(&s["status"]))).collect()
+    }
 }
 
 async fn create_portal() -> Json<Value> {
