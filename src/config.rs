@@ -396,6 +396,14 @@ impl Settings {
                 "DATABASE_URL must start with sqlite: or postgres:// (for example sqlite://data/secur360.db)".into(),
             );
         }
+        if is_transaction_pooler(&database_url) {
+            r.problem(
+                "DATABASE_URL points at Supabase's transaction-mode pooler (port 6543): row-level security settings \
+                 are kept per connection, which that pooler shares between clients; use the session pooler \
+                 (same host, port 5432) or the direct connection"
+                    .into(),
+            );
+        }
         let database_owner_url = r.get("DATABASE_OWNER_URL");
         if let Some(owner) = &database_owner_url {
             if !["postgres://", "postgresql://"].iter().any(|p| owner.starts_with(p)) {
@@ -655,6 +663,18 @@ impl Settings {
     }
 }
 
+/// Supabase's transaction-mode pooler (Supavisor on port 6543 of `*.pooler.supabase.com`): it hands a server
+/// connection to another client after each transaction, so settings written into the connection (the row-level
+/// security scope of queries outside a transaction) would reach another client's queries.
+fn is_transaction_pooler(database_url: &str) -> bool {
+    match Url::parse(database_url) {
+        Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {
+            u.port() == Some(6543) && u.host_str().is_some_and(|h| h.ends_with(".pooler.supabase.com"))
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,6 +717,18 @@ mod tests {
             ["APP_URL", "STRIPE_SECRET_KEY", "CRON_TZ", "BILLING_SYNC_CRON", "OWNER_MOBILE", "TWILIO_ACCOUNT_SID"]
         {
             assert!(text.contains(name), "{name} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn supabase_transaction_pooler_is_refused_and_the_session_pooler_accepted() {
+        let pooler = "postgres://secur360_app.abcd:pw@aws-0-ca-central-1.pooler.supabase.com";
+        let err = Settings::from_vars(vars(&[("DATABASE_URL", &format!("{pooler}:6543/postgres"))])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("transaction-mode pooler") && text.contains("port 5432"), "{text}");
+        assert!(!text.contains("pw@"), "the URL's password is not repeated: {text}");
+        for ok in [format!("{pooler}:5432/postgres"), "postgres://u@db.example:6543/x".to_owned()] {
+            assert!(Settings::from_vars(vars(&[("DATABASE_URL", &ok)])).is_ok(), "{ok}");
         }
     }
 
