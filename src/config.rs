@@ -398,9 +398,9 @@ impl Settings {
         }
         if is_transaction_pooler(&database_url) {
             r.problem(
-                "DATABASE_URL points at Supabase's transaction-mode pooler (port 6543): row-level security settings \
-                 are kept per connection, which that pooler shares between clients; use the session pooler \
-                 (same host, port 5432) or the direct connection"
+                "DATABASE_URL points at a Supabase transaction-mode pooler (port 6543): row-level security \
+                 settings are kept per connection, which that pooler shares between clients; use the session \
+                 pooler or the direct connection (same host, port 5432)"
                     .into(),
             );
         }
@@ -663,13 +663,15 @@ impl Settings {
     }
 }
 
-/// Supabase's transaction-mode pooler (Supavisor on port 6543 of `*.pooler.supabase.com`): it hands a server
-/// connection to another client after each transaction, so settings written into the connection (the row-level
-/// security scope of queries outside a transaction) would reach another client's queries.
+/// Supabase's transaction-mode poolers, both on port 6543: the shared one (Supavisor, `*.pooler.supabase.com`)
+/// and the dedicated one (PgBouncer, `db.<ref>.supabase.co`). They hand a server connection to another client
+/// after each transaction, so settings written into the connection (the row-level-security scope of queries
+/// outside a transaction) would reach another client's queries.
 fn is_transaction_pooler(database_url: &str) -> bool {
     match Url::parse(database_url) {
         Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {
-            u.port() == Some(6543) && u.host_str().is_some_and(|h| h.ends_with(".pooler.supabase.com"))
+            let supabase = |h: &str| h.ends_with(".pooler.supabase.com") || h.ends_with(".supabase.co");
+            u.port() == Some(6543) && u.host_str().is_some_and(supabase)
         }
         _ => false,
     }
@@ -723,11 +725,15 @@ mod tests {
     #[test]
     fn supabase_transaction_pooler_is_refused_and_the_session_pooler_accepted() {
         let pooler = "postgres://secur360_app.abcd:pw@aws-0-ca-central-1.pooler.supabase.com";
-        let err = Settings::from_vars(vars(&[("DATABASE_URL", &format!("{pooler}:6543/postgres"))])).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("transaction-mode pooler") && text.contains("port 5432"), "{text}");
-        assert!(!text.contains("pw@"), "the URL's password is not repeated: {text}");
-        for ok in [format!("{pooler}:5432/postgres"), "postgres://u@db.example:6543/x".to_owned()] {
+        for refused in
+            [format!("{pooler}:6543/postgres"), "postgres://secur360_app:pw@db.abcd.supabase.co:6543/postgres".into()]
+        {
+            let text = Settings::from_vars(vars(&[("DATABASE_URL", &refused)])).unwrap_err().to_string();
+            assert!(text.contains("transaction-mode pooler") && text.contains("port 5432"), "{text}");
+            assert!(!text.contains("pw@"), "the URL's password is not repeated: {text}");
+        }
+        let direct = "postgres://secur360_app:pw@db.abcd.supabase.co:5432/postgres".to_owned();
+        for ok in [format!("{pooler}:5432/postgres"), direct, "postgres://u@db.example:6543/x".to_owned()] {
             assert!(Settings::from_vars(vars(&[("DATABASE_URL", &ok)])).is_ok(), "{ok}");
         }
     }
