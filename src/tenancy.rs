@@ -241,8 +241,9 @@ async fn access_in(
 
 /// SPEC §2: a suspended tenant (no subscription, or one that is `unpaid`, `canceled`, `incomplete…`, `paused`,
 /// or past due beyond the grace period) is read-only: nothing is created, changed or sent for it until billing
-/// is restored. Refused with 402 naming the subscription's state and the way out. Billing (checkout, portal),
-/// reads, deleting a worker and withdrawing a worker's consent stay open: a person's data can always be removed.
+/// is restored. Refused with 402 naming the subscription's state and the way out. Billing (checkout, portal, the
+/// add-on count), reads, deleting sites and workers and withdrawing a worker's consent stay open: what is there
+/// can always be removed (the add-on can be lowered to the sites kept), and a person's data and choice honoured.
 pub async fn ensure_writable(state: &AppState, tx: &mut Tx, tenant_id: &str) -> ApiResult<()> {
     match access_in(state, tx, tenant_id).await? {
         (Access::Suspended, sub) => Err(suspended(sub.as_ref().map(|s| s.status.as_str()))),
@@ -259,19 +260,33 @@ pub async fn ensure_writable_now(state: &AppState, tenant_id: &str) -> ApiResult
 }
 
 fn suspended(status: Option<&str>) -> ApiError {
-    let why = match status {
-        None => "has no subscription".to_owned(),
-        Some("past_due") => "has a subscription past due beyond its grace period".to_owned(),
-        Some(s) => format!("has a subscription that is {s}"),
+    let checkout = "start a subscription with POST /api/billing/checkout";
+    let portal = "POST /api/billing/portal";
+    let (why, way_out) = match status {
+        None => ("has no subscription".to_owned(), checkout.to_owned()),
+        Some("past_due") => (
+            "has a subscription past due beyond its grace period".to_owned(),
+            format!("pay the open invoice or update the payment method in the billing portal ({portal})"),
+        ),
+        Some("unpaid") => (
+            "has an unpaid subscription".to_owned(),
+            format!("pay the open invoice or update the payment method in the billing portal ({portal})"),
+        ),
+        Some("incomplete") => (
+            "has a subscription whose first payment is not complete".to_owned(),
+            format!("complete the payment in the billing portal ({portal}), or once it expires {checkout}"),
+        ),
+        Some("paused") => {
+            ("has a paused subscription".to_owned(), format!("resume it in the billing portal ({portal})"))
+        }
+        Some(s) => (format!("has a subscription that is {s}"), checkout.to_owned()),
     };
     ApiError::new(
         axum::http::StatusCode::PAYMENT_REQUIRED,
         "tenant_suspended",
         format!(
             "this tenant {why}, so it is read-only: nothing can be created, changed or sent until billing is \
-             restored; start a subscription with POST /api/billing/checkout, or update the payment method in the \
-             billing portal (POST /api/billing/portal). Reading, deleting workers and withdrawing consent stay \
-             allowed"
+             restored; {way_out}. Reading, deleting sites and workers and withdrawing consent stay allowed"
         ),
     )
 }
@@ -412,7 +427,6 @@ pub async fn update_site(
 pub async fn delete_site(state: &AppState, tenant_id: &str, id: &str, actor: &Actor) -> ApiResult<()> {
     let now = state.now();
     let mut tx = state.db.begin().await?;
-    ensure_writable(state, &mut tx, tenant_id).await?;
     if !sites::delete(&mut tx, tenant_id, id).await? {
         return Err(ApiError::not_found("site"));
     }

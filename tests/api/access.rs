@@ -1,5 +1,5 @@
 //! SPEC §2: access follows billing. A suspended tenant (no subscription, one that ended, or one past due beyond
-//! its grace period) is read-only; reading, billing, deleting a worker and withdrawing consent stay open.
+//! its grace period) is read-only; reading, billing, deleting workers and sites and withdrawing consent stay open.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -32,12 +32,12 @@ async fn alert_with_key(app: &TestApp, key: &str, idem: &str) -> (StatusCode, Va
     read(rb.send().await.expect("request sent")).await
 }
 
-/// The 402 of a suspended tenant, naming why and the way out.
+/// The 402 of a suspended tenant, naming why and the way out (Checkout or the portal, by status: billing.rs).
 fn assert_suspended(s: StatusCode, b: &Value, why: &str, request: &str) {
     assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{request}: {b}");
     assert_eq!(error_code(b), "tenant_suspended", "{request}");
     let message = b["error"]["message"].as_str().unwrap();
-    assert!(message.contains(why) && message.contains("POST /api/billing/checkout"), "{message}");
+    assert!(message.contains(why) && message.contains("POST /api/billing/"), "{message}");
 }
 
 async fn access(app: &TestApp, key: &str) -> String {
@@ -55,8 +55,7 @@ both_backends! {
                      format!("/api/workers/{worker}"), format!("/api/workers/{worker}/consent"),
                      "/api/billing/subscription".to_owned()] {
             let (s, b) = app.send(Method::GET, &path, Some(&key), None).await;
-            assert_ne!(s, StatusCode::PAYMENT_REQUIRED, "{path}: {b}");
-            assert!(s.is_success() || s == StatusCode::SERVICE_UNAVAILABLE, "{path}: {s} {b}");
+            assert_eq!(s, StatusCode::OK, "{path}: {b}");
         }
 
         let before = app.snapshot().await;
@@ -64,7 +63,6 @@ both_backends! {
         let refused: Vec<(Method, String, Option<Value>)> = vec![
             (Method::POST, "/api/sites".into(), Some(json!({"name": "Autre"}))),
             (Method::PATCH, format!("/api/sites/{site}"), Some(json!({"name": "Usine Sud"}))),
-            (Method::DELETE, format!("/api/sites/{site}"), None),
             (Method::POST, "/api/workers".into(), Some(json!({"name": "Paul", "phone": "514 873 2016"}))),
             (Method::PATCH, worker_path.clone(), Some(json!({"name": "Jean-Paul"}))),
             // A withdrawal bundled with another change is a change.
@@ -83,8 +81,8 @@ both_backends! {
         assert_eq!(app.snapshot().await, before, "a refused request wrote something");
     }
 
-    async fn a_suspended_tenant_can_still_withdraw_consent_delete_a_worker_and_replay_an_accepted_alert(app) {
-        let (key, _, worker, answer) = tenant_with_data(&app).await;
+    async fn a_suspended_tenant_can_still_withdraw_consent_delete_workers_and_sites_and_replay_an_accepted_alert(app) {
+        let (key, site, worker, answer) = tenant_with_data(&app).await;
         app.exec("UPDATE subscriptions SET status = 'unpaid' WHERE tenant_id = 'acme'").await;
 
         // The alert accepted before the suspension is answered again as it was, not refused.
@@ -102,6 +100,10 @@ both_backends! {
         let (s, b) = app.send(Method::DELETE, &path, Some(&key), None).await;
         assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
         assert_eq!(app.count("workers").await, 0);
+        // Sites too can be removed (to fit a lower add-on count before paying again).
+        let (s, b) = app.send(Method::DELETE, &format!("/api/sites/{site}"), Some(&key), None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+        assert_eq!(app.count("sites").await, 0);
     }
 
     async fn a_past_due_subscription_keeps_full_use_during_its_grace_period_only(app) {
@@ -130,15 +132,14 @@ both_backends! {
         assert_suspended(s, &b, "past due beyond its grace period", "POST /api/workers");
     }
 
-    async fn a_new_tenant_without_a_subscription_is_told_to_subscribe_and_billing_stays_open(app) {
+    async fn a_new_tenant_without_a_subscription_is_told_to_subscribe(app) {
         let key = app.tenant_without_subscription("acme").await;
         assert_eq!(access(&app, &key).await, "suspended");
         let before = app.snapshot().await;
         let (s, b) = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": "Usine"}))).await;
         assert_suspended(s, &b, "has no subscription", "POST /api/sites");
+        assert!(b["error"]["message"].as_str().unwrap().contains("POST /api/billing/checkout"), "{b}");
         assert_eq!(app.snapshot().await, before);
-        // The way out is not refused as a write: without Stripe configured here it answers 503, not 402.
-        let (s, b) = app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(json!({"plan": "monthly", "additional_sites": 0}))).await;
-        assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "billing_not_configured"), "{b}");
+        // (That billing itself stays open is in billing.rs, against the fake Stripe.)
     }
 }

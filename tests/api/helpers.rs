@@ -313,6 +313,7 @@ impl TestApp {
             "sms_messages",
             "sms_status_events",
             "rate_limits",
+            "phone_verifications",
         ] {
             out.push((t.to_owned(), self.count(t).await));
         }
