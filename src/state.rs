@@ -35,6 +35,8 @@ pub struct Shared {
     pub call_log: crate::inbound::call_log::CallLog,
     /// The TwiML answering every inbound call, rendered once from the settings (`inbound::voice`).
     pub voice_answer: axum::body::Bytes,
+    /// One Checkout at a time per tenant in this instance (`billing::service::checkout`).
+    pub checkouts: crate::billing::service::CheckoutTurns,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
             stripe_ingest,
             call_log,
             voice_answer,
+            checkouts: Default::default(),
         })))
     }
 

@@ -1,5 +1,7 @@
 //! Tenant-administrator billing operations: checkout, site count, portal, and the subscription view.
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -196,19 +198,41 @@ pub async fn checkout(
     let (base, addon) = prices(state, plan)?;
     let client = client(state)?;
     if let Some(sub) = store::current_subscription(&state.db, tenant_id).await? {
-        if matches!(sub.status.as_str(), "active" | "trialing" | "past_due") {
-            return Err(ApiError::conflict(
-                "already_subscribed",
-                "this tenant already has a live subscription; change sites with PUT /api/billing/sites or use the portal",
-            ));
+        match sub.status.as_str() {
+            "active" | "trialing" | "past_due" => {
+                return Err(ApiError::conflict(
+                    "already_subscribed",
+                    "this tenant already has a live subscription; change sites with PUT /api/billing/sites or use \
+                     the portal",
+                ))
+            }
+            // A second subscription would be billed beside the first, which still exists.
+            status @ ("unpaid" | "incomplete" | "paused") => {
+                return Err(ApiError::conflict(
+                    "already_subscribed",
+                    format!(
+                        "this tenant's subscription is {status}: pay or resume it in the billing portal \
+                         (POST /api/billing/portal) rather than starting a second one"
+                    ),
+                ))
+            }
+            _ => {}
         }
     }
     let customer = ensure_customer(state, &client, tenant_id).await?;
+    // One checkout of this tenant at a time in this instance: a double submit (which reaches the same instance)
+    // then finds the first one's session below instead of racing it.
+    let _turn = state.checkouts.turn(tenant_id).await;
+    if let Some(url) = reusable_session(state, &client, &customer, plan, n, tenant_id, actor).await? {
+        return Ok(UrlResponse { url });
+    }
     let mut form: Form = crate::form![
         ("mode", "subscription"),
         ("customer", &customer),
         ("client_reference_id", tenant_id),
         ("metadata[tenant_id]", tenant_id),
+        ("metadata[plan]", plan.as_str()),
+        ("metadata[additional_sites]", n),
         ("subscription_data[metadata][tenant_id]", tenant_id),
         ("line_items[0][price]", &base),
         ("line_items[0][quantity]", 1),
@@ -235,6 +259,64 @@ pub async fn checkout(
     Ok(UrlResponse { url: url.to_owned() })
 }
 
+/// Per-tenant turns for [`checkout`] in this instance.
+#[derive(Default)]
+pub struct CheckoutTurns(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl CheckoutTurns {
+    async fn turn(&self, tenant_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant_id.to_owned()).or_default().clone();
+        lock.lock_owned().await
+    }
+}
+
+/// A session stays reusable while it has at least this long left (Stripe's default lifetime is 24 h).
+const REUSE_MARGIN_SECS: i64 = 30 * 60;
+
+/// The URL of the customer's newest open session made for the same plan and add-on count, if it has time left:
+/// the same request again (a double submit, a reload) continues that checkout instead of opening a second one.
+/// A failure to list is logged and treated as none (a new session is then made, and older ones expired).
+async fn reusable_session(
+    state: &AppState,
+    client: &StripeClient,
+    customer: &str,
+    plan: Plan,
+    n: i64,
+    tenant_id: &str,
+    actor: &Actor,
+) -> ApiResult<Option<String>> {
+    let open = match client.open_checkout_sessions(customer).await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the customer's open Checkout Sessions");
+            return Ok(None);
+        }
+    };
+    let now_secs = state.now().div_euclid(1000);
+    let same = open
+        .iter()
+        .filter(|s| {
+            s["metadata"]["plan"].as_str() == Some(plan.as_str())
+                && s["metadata"]["additional_sites"].as_str() == Some(n.to_string().as_str())
+                && s["expires_at"].as_i64().is_some_and(|at| at - now_secs > REUSE_MARGIN_SECS)
+                && s["url"].is_string()
+        })
+        .max_by_key(|s| session_order(s));
+    let Some(session) = same else { return Ok(None) };
+    let entry = Entry::new(Zone::Billing, "checkout_reuse", actor.name.clone())
+        .request_id(actor.request_id.clone())
+        .tenant(tenant_id)
+        .subject(session["id"].as_str().unwrap_or_default())
+        .details(json!({ "plan": plan.as_str(), "additional_sites": n }));
+    audit::record(&state.db, &entry, state.now()).await?;
+    Ok(session["url"].as_str().map(str::to_owned))
+}
+
+/// The order every request gives sessions: `created` (seconds), then id.
+fn session_order(s: &Value) -> (i64, String) {
+    (s["created"].as_i64().unwrap_or(0), s["id"].as_str().unwrap_or_default().to_owned())
+}
+
 /// A tenant has one Checkout Session open at a time: a double submit, or a try abandoned in another tab, would
 /// otherwise leave two sessions that can both be paid, i.e. two subscriptions billed. After creating `newest`,
 /// the customer's open sessions that come before it (by `created`, then id: every request orders them the same
@@ -242,8 +324,7 @@ pub async fn checkout(
 /// logged and leaves the older session open (the new one is valid and is returned): the webhook of a completed
 /// second session still records its subscription, so nothing is lost, only the guard.
 async fn expire_older_sessions(client: &StripeClient, customer: &str, newest: &Value) -> Vec<String> {
-    let order = |s: &Value| (s["created"].as_i64().unwrap_or(0), s["id"].as_str().unwrap_or_default().to_owned());
-    let newest_key = order(newest);
+    let newest_key = session_order(newest);
     let open = match client.open_checkout_sessions(customer).await {
         Ok(open) => open,
         Err(e) => {
@@ -252,7 +333,7 @@ async fn expire_older_sessions(client: &StripeClient, customer: &str, newest: &V
         }
     };
     let mut expired = Vec::new();
-    for older in open.iter().filter(|s| order(s) < newest_key) {
+    for older in open.iter().filter(|s| session_order(s) < newest_key) {
         let id = older["id"].as_str().unwrap_or_default();
         match client.expire_checkout_session(id).await {
             Ok(_) => expired.push(id.to_owned()),
@@ -288,8 +369,10 @@ pub struct SitesRequest {
 ///
 /// Lowering is reserved first: under the tenant lock that site creation takes, the sites in use are checked and
 /// the mirror's quantity lowered before Stripe is called (no lock is held during the call), so no site can be
-/// created against the old count meanwhile, and a concurrent lowering finds the count changed (409). If Stripe
-/// refuses or cannot be reached, the old quantity is put back unless a Stripe event has updated the row since.
+/// created against the old count meanwhile; a lowering that read the subscription before another request changed
+/// it finds the count changed (409; one that reads it after goes on from the new count). If Stripe refuses the
+/// change, the old quantity is put back unless a Stripe event has updated the row since; if Stripe's answer is
+/// unknown (unreachable, failing), the lower count stays: never more sites than may be paid for.
 pub async fn change_sites(state: &AppState, tenant_id: &str, input: SitesRequest, actor: &Actor) -> ApiResult<Value> {
     let n = parse_sites(input.additional_sites)?;
     let client = client(state)?;
@@ -327,15 +410,17 @@ pub async fn change_sites(state: &AppState, tenant_id: &str, input: SitesRequest
     let row = match changed {
         Ok(Some(row)) => row,
         Ok(None) => return Ok(json!({ "additional_sites": 0, "changed": false })),
-        Err(e) => {
-            if lowering {
+        Err(Failed { error, maybe_applied }) => {
+            // Put the count back only when Stripe certainly did not change it; otherwise the mirror keeps the lower
+            // count (never more than is paid for) until Stripe's event, the daily sync or a retry of this request.
+            if lowering && !maybe_applied {
                 if let Err(restore) = restore_addon_quantity(state, &sub, n).await {
-                    // The mirror keeps the lower count (never more than paid for) until the next Stripe event or
-                    // the daily sync brings Stripe's.
                     tracing::error!(tenant = tenant_id, error = %restore, "could not put the add-on quantity back");
                 }
+            } else if lowering {
+                tracing::warn!(tenant = tenant_id, "Stripe's answer to a lowering is unknown; the lower count is kept");
             }
-            return Err(e);
+            return Err(error);
         }
     };
     let now = state.now();
@@ -363,6 +448,19 @@ async fn restore_addon_quantity(
     Ok(())
 }
 
+/// Why [`send_sites_change`] failed, and whether Stripe may have applied the change all the same (the update
+/// was sent and not refused: Stripe unreachable or failing, or its answer unreadable).
+struct Failed {
+    error: ApiError,
+    maybe_applied: bool,
+}
+
+impl<E: Into<ApiError>> From<E> for Failed {
+    fn from(e: E) -> Self {
+        Failed { error: e.into(), maybe_applied: false }
+    }
+}
+
 /// Stripe's side of [`change_sites`]: the subscription as Stripe has it after the change, or `None` when there is
 /// nothing to change (no add-on item, and 0 asked).
 async fn send_sites_change(
@@ -371,7 +469,7 @@ async fn send_sites_change(
     tenant_id: &str,
     sub: &store::SubscriptionRow,
     n: i64,
-) -> ApiResult<Option<store::SubscriptionRow>> {
+) -> Result<Option<store::SubscriptionRow>, Failed> {
     // Current items from Stripe, not the mirror: the item ids and prices must be exact.
     let live = client.retrieve_subscription(&sub.stripe_subscription_id).await?;
     let now = state.now();
@@ -387,9 +485,17 @@ async fn send_sites_change(
         (None, 0) => return Ok(None),
         (None, n) => form.extend(crate::form![("items[0][price]", &addon_price), ("items[0][quantity]", n)]),
     }
-    let updated = client.update_subscription(&sub.stripe_subscription_id, &form, &new_key("sites")).await?;
+    let updated = match client.update_subscription(&sub.stripe_subscription_id, &form, &new_key("sites")).await {
+        Ok(updated) => updated,
+        Err(e) => {
+            let refused = matches!(&e, StripeError::Api { status, .. } if (400..500).contains(status));
+            return Err(Failed { error: e.into(), maybe_applied: !refused });
+        }
+    };
     let now = state.now();
-    Ok(Some(subscription_row(&state.settings.stripe, &updated, tenant_id, now, now)?))
+    let row = subscription_row(&state.settings.stripe, &updated, tenant_id, now, now)
+        .map_err(|e| Failed { error: e.into(), maybe_applied: true })?;
+    Ok(Some(row))
 }
 
 #[derive(Debug, Serialize)]

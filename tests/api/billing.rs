@@ -88,6 +88,8 @@ with_fake_stripe! {
             ("line_items[0][quantity]", "1"),
             ("line_items[1][price]", PRICE_ADDON_MONTHLY),
             ("line_items[1][quantity]", "2"),
+            ("metadata[additional_sites]", "2"),
+            ("metadata[plan]", "monthly"),
             ("metadata[tenant_id]", "acme"),
             ("mode", "subscription"),
             ("subscription_data[metadata][tenant_id]", "acme"),
@@ -241,32 +243,39 @@ with_fake_stripe! {
     async fn a_tenant_has_one_payable_checkout_session_at_a_time(app, fake) {
         let acme = app.tenant_without_subscription("acme").await;
         let beta = app.tenant_without_subscription("beta").await;
-        let checkout = |key: &str| {
+        let checkout = |key: &str, plan: &'static str| {
             let key = key.to_owned();
             let app = &app;
             async move {
-                let body = json!({"plan": "monthly", "additional_sites": 1});
+                let body = json!({"plan": plan, "additional_sites": 1});
                 let (s, b) = app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(body)).await;
                 assert_eq!(s, StatusCode::OK, "{b}");
+                b["url"].as_str().unwrap().to_owned()
             }
         };
-        checkout(&beta).await;
-        checkout(&acme).await;
-        // A second submit: the first session can no longer be paid; another customer's is left alone.
-        checkout(&acme).await;
-        let sessions = fake.sessions();
+        checkout(&beta, "monthly").await;
+        let first = checkout(&acme, "monthly").await;
+        // The same request again (a double submit, a reload): the same session, not a second one.
+        assert_eq!(checkout(&acme, "monthly").await, first);
+        let (twice, _) = tokio::join!(checkout(&acme, "monthly"), checkout(&acme, "monthly"));
+        assert_eq!(twice, first);
+        assert_eq!(fake.requests_to(Method::POST, "/v1/checkout/sessions").len(), 2, "beta's and acme's");
+        assert_eq!(app.count("system_audit_logs WHERE action = 'checkout_reuse'").await, 3);
+
+        // Another plan: a new session, and the first can no longer be paid; another customer's is left alone.
+        let annual = checkout(&acme, "annual").await;
+        assert_ne!(annual, first);
         let cus_acme = scalar_text(&app, "SELECT stripe_customer_id FROM customers WHERE tenant_id = 'acme'").await;
         let cus_beta = scalar_text(&app, "SELECT stripe_customer_id FROM customers WHERE tenant_id = 'beta'").await;
+        let sessions = fake.sessions();
         let summary: Vec<(&str, &str)> = sessions.iter().map(|(_, c, s)| (c.as_str(), s.as_str())).collect();
         assert_eq!(summary, vec![(cus_beta.as_str(), "open"), (cus_acme.as_str(), "expired"), (cus_acme.as_str(), "open")]);
+        assert!(annual.ends_with(&sessions[2].0) && first.ends_with(&sessions[1].0));
         let sql = format!("SELECT details FROM system_audit_logs WHERE action = 'checkout_create' AND subject = '{}'", sessions[2].0);
         let details = scalar_text(&app, &sql).await;
         assert!(details.contains(&sessions[1].0), "the audit row names the session expired: {details}");
-
-        // Two submits at once: whatever the interleaving, one of acme's sessions is left open.
-        tokio::join!(checkout(&acme), checkout(&acme));
-        let acme_open = fake.sessions().into_iter().filter(|(_, c, s)| *c == cus_acme && s == "open").count();
-        assert_eq!(acme_open, 1, "{:?}", fake.sessions());
+        let form = &fake.requests_to(Method::POST, "/v1/checkout/sessions")[2];
+        assert_eq!((form.field("metadata[plan]"), form.field("metadata[additional_sites]")), (Some("annual"), Some("1")));
     }
 
     async fn no_site_is_created_against_the_old_count_while_stripe_lowers_it(app, fake) {
@@ -292,16 +301,63 @@ with_fake_stripe! {
         assert_eq!((e["max_sites"].as_i64(), e["sites_used"].as_i64()), (Some(2), Some(2)), "{e}");
     }
 
+    async fn billing_stays_open_to_a_suspended_tenant_and_says_how_to_restore_it(app, fake) {
+        let key = app.tenant_without_subscription("acme").await;
+        live_subscription(&app, &fake, "acme", 2).await;
+        // Past due for far longer than the grace period: read-only, and told to pay in the portal.
+        app.exec("UPDATE subscriptions SET status = 'past_due', past_due_since = 1 WHERE tenant_id = 'acme'").await;
+        let (s, b) = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": "Usine"}))).await;
+        assert_eq!((s, error_code(&b)), (StatusCode::PAYMENT_REQUIRED, "tenant_suspended"), "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("billing portal (POST /api/billing/portal)"), "{b}");
+        // The ways out stay open: the portal, and the add-on count.
+        let (s, b) = app.send(Method::POST, "/api/billing/portal", Some(&key), None).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 1}))).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        // An unpaid subscription is paid in the portal, not doubled by a second one through Checkout.
+        app.exec("UPDATE subscriptions SET status = 'unpaid' WHERE tenant_id = 'acme'").await;
+        let body = json!({"plan": "monthly", "additional_sites": 0});
+        let (s, b) = app.send(Method::POST, "/api/billing/checkout", Some(&key), Some(body)).await;
+        assert_eq!((s, error_code(&b)), (StatusCode::CONFLICT, "already_subscribed"), "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("unpaid"), "{b}");
+        assert!(fake.requests_to(Method::POST, "/v1/checkout/sessions").is_empty());
+    }
+
     async fn a_lowering_stripe_refuses_gives_the_sites_back(app, fake) {
         let key = app.tenant_without_subscription("acme").await;
         live_subscription(&app, &fake, "acme", 2).await;
-        fake.fail_next(&[400]);
-        let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 0}))).await;
-        assert!(s.is_client_error() || s.is_server_error(), "{s} {b}");
-        assert!(fake.requests_to(Method::POST, "/v1/subscriptions/sub_acme").is_empty(), "nothing changed at Stripe");
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
-        assert_eq!(e["max_sites"].as_i64(), Some(3), "the mirror keeps what Stripe has: {e}");
+        let max_sites = || async {
+            let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+            e["max_sites"].as_i64().unwrap()
+        };
+        fake.fail_subscription_updates(&[400]);
+        let gate = fake.hold_subscription_update();
+        let lower = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 0})));
+        let during = async {
+            gate.arrived.notified().await;
+            let during = max_sites().await;
+            gate.release.notify_one();
+            during
+        };
+        let ((s, b), during) = tokio::join!(lower, during);
+        assert_eq!(during, 1, "lowered while Stripe was asked");
+        assert_eq!((s, error_code(&b)), (StatusCode::BAD_GATEWAY, "stripe_error"), "{b}");
+        assert_eq!(max_sites().await, 3, "Stripe refused: the mirror keeps what Stripe has");
         assert_eq!(app.count("system_audit_logs WHERE action = 'sites_change'").await, 0);
+    }
+
+    async fn a_lowering_whose_outcome_is_unknown_keeps_the_lower_count_until_stripe_says(app, fake) {
+        let key = app.tenant_without_subscription("acme").await;
+        live_subscription(&app, &fake, "acme", 2).await;
+        // Stripe keeps failing (the client's three attempts): it may or may not have applied the change.
+        fake.fail_subscription_updates(&[500, 500, 500]);
+        let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 0}))).await;
+        assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "stripe_unavailable"), "{b}");
+        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        assert_eq!(e["max_sites"].as_i64(), Some(1), "never more sites than may be paid for: {e}");
+        // The retry the 503 asks for goes through.
+        let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 0}))).await;
+        assert_eq!((s, b["additional_sites"].as_i64()), (StatusCode::OK, Some(0)), "{b}");
     }
 
     async fn the_sync_repairs_drift_recovers_undelivered_events_and_records_each_correction(app, fake) {

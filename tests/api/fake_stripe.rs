@@ -45,6 +45,8 @@ pub struct Inner {
     pub next_id: u64,
     /// Set by [`FakeStripe::hold_subscription_update`]: the next subscription update waits on it.
     pub hold: Option<Gate>,
+    /// Set by [`FakeStripe::fail_subscription_updates`]: statuses the next subscription updates answer.
+    pub update_failures: VecDeque<u16>,
 }
 
 /// A request held by the fake: `arrived` is notified when it reaches the fake, which answers it once `release`
@@ -115,6 +117,12 @@ impl FakeStripe {
         let gate = Gate::default();
         self.inner.lock().unwrap().hold = Some(gate.clone());
         gate
+    }
+
+    /// Answer the next subscription updates (`POST /v1/subscriptions/{id}`) with these statuses, changing nothing
+    /// (other requests are served normally).
+    pub fn fail_subscription_updates(&self, statuses: &[u16]) {
+        self.inner.lock().unwrap().update_failures.extend(statuses);
     }
 
     pub fn fail_next(&self, statuses: &[u16]) {
@@ -262,14 +270,22 @@ async fn list_events(State(fake): State<FakeStripe>, uri: Uri) -> Json<Value> {
     list(data, &parse_pairs(uri.query().unwrap_or("")))
 }
 
-/// Sessions get increasing `created` times (seconds), as Stripe's would one after the other.
+/// Sessions get increasing `created` times (seconds, from now), as Stripe's would one after the other, Stripe's
+/// default 24 h lifetime, and the `metadata[…]` sent.
 async fn create_session(State(fake): State<FakeStripe>, body: Bytes) -> Json<Value> {
     let form = form_of(&body);
+    let metadata: serde_json::Map<String, Value> = form
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata[")?.strip_suffix(']')?.to_owned(), json!(v))))
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let mut inner = fake.inner.lock().unwrap();
     inner.next_id += 1;
     let id = format!("cs_test_{}", inner.next_id);
+    let created = now + inner.next_id;
     let session = json!({"id": id, "object": "checkout.session", "status": "open", "mode": "subscription",
-                         "customer": get_field(&form, "customer"), "created": 1_764_000_000 + inner.next_id,
+                         "customer": get_field(&form, "customer"), "created": created,
+                         "expires_at": created + 86_400, "metadata": metadata,
                          "url": format!("https://checkout.stripe.test/c/pay/{id}")});
     inner.sessions.insert(id, session.clone());
     Json(session)
@@ -342,6 +358,11 @@ async fn update_subscription(State(fake): State<FakeStripe>, Path(id): Path<Stri
     }
     let form = form_of(&body);
     let mut inner = fake.inner.lock().unwrap();
+    if let Some(status) = inner.update_failures.pop_front() {
+        let kind = if status < 500 { "invalid_request_error" } else { "api_error" };
+        let body = json!({"error": {"type": kind, "message": "injected failure of the update"}});
+        return (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+    }
     let Some(sub) = inner.subscriptions.get_mut(&id) else {
         return (StatusCode::NOT_FOUND, Json(json!({"error": {"message": "No such subscription"}}))).into_response();
     };
