@@ -25,7 +25,8 @@ impl Actor {
         Actor { name: name.into(), request_id }
     }
 
-    fn entry(&self, zone: Zone, action: &'static str) -> Entry {
+    /// An audit entry of this actor (name and request id).
+    pub(crate) fn entry(&self, zone: Zone, action: &'static str) -> Entry {
         Entry::new(zone, action, self.name.clone()).request_id(self.request_id.clone())
     }
 }
@@ -262,16 +263,11 @@ pub async fn ensure_writable_now(state: &AppState, tenant_id: &str) -> ApiResult
 fn suspended(status: Option<&str>) -> ApiError {
     let checkout = "start a subscription with POST /api/billing/checkout";
     let portal = "POST /api/billing/portal";
+    let pay = format!("pay the open invoice or update the payment method in the billing portal ({portal})");
     let (why, way_out) = match status {
         None => ("has no subscription".to_owned(), checkout.to_owned()),
-        Some("past_due") => (
-            "has a subscription past due beyond its grace period".to_owned(),
-            format!("pay the open invoice or update the payment method in the billing portal ({portal})"),
-        ),
-        Some("unpaid") => (
-            "has an unpaid subscription".to_owned(),
-            format!("pay the open invoice or update the payment method in the billing portal ({portal})"),
-        ),
+        Some("past_due") => ("has a subscription past due beyond its grace period".to_owned(), pay),
+        Some("unpaid") => ("has an unpaid subscription".to_owned(), pay),
         Some("incomplete") => (
             "has a subscription whose first payment is not complete".to_owned(),
             format!("complete the payment in the billing portal ({portal}), or once it expires {checkout}"),

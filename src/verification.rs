@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::audit::{self, Entry, Zone};
+use crate::audit::{self, Zone};
 use crate::auth::secret_eq;
 use crate::db::workers;
 use crate::domain::ids::new_id;
@@ -124,10 +124,10 @@ pub async fn start(state: &AppState, tenant_id: &str, worker_id: &str, actor: &A
         priority: 5,
     };
     let message_id = outbox::enqueue(&mut tx, &msg, now).await?;
-    let entry = Entry::new(Zone::Sms, "phone_verification_sent", actor.name.clone())
+    let entry = actor
+        .entry(Zone::Sms, "phone_verification_sent")
         .tenant(tenant_id)
         .subject(worker_id)
-        .request_id(actor.request_id.clone())
         .details(json!({ "phone": phone.masked(), "sends": sends }));
     audit::append(&mut tx, &entry, now).await?;
     tx.commit().await?;
@@ -191,10 +191,7 @@ pub async fn check(
     w.phone_verified_at = Some(now);
     w.updated_at = now;
     workers::save(&mut tx, &w).await?;
-    let entry = Entry::new(Zone::Sms, "phone_verified", actor.name.clone())
-        .tenant(tenant_id)
-        .subject(worker_id)
-        .request_id(actor.request_id.clone());
+    let entry = actor.entry(Zone::Sms, "phone_verified").tenant(tenant_id).subject(worker_id);
     audit::append(&mut tx, &entry, now).await?;
     tx.commit().await?;
     Ok(w)

@@ -250,8 +250,8 @@ pub async fn checkout(
     let session = client.create_checkout_session(&form, &new_key("checkout")).await?;
     let url = session["url"].as_str().ok_or_else(|| ApiError::from(StripeError::Decode("session url".into())))?;
     let expired = expire_older_sessions(&client, &customer, &session).await;
-    let entry = Entry::new(Zone::Billing, "checkout_create", actor.name.clone())
-        .request_id(actor.request_id.clone())
+    let entry = actor
+        .entry(Zone::Billing, "checkout_create")
         .tenant(tenant_id)
         .subject(session["id"].as_str().unwrap_or_default())
         .details(json!({ "plan": plan.as_str(), "additional_sites": n, "expired_sessions": expired }));
@@ -303,8 +303,8 @@ async fn reusable_session(
         })
         .max_by_key(|s| session_order(s));
     let Some(session) = same else { return Ok(None) };
-    let entry = Entry::new(Zone::Billing, "checkout_reuse", actor.name.clone())
-        .request_id(actor.request_id.clone())
+    let entry = actor
+        .entry(Zone::Billing, "checkout_reuse")
         .tenant(tenant_id)
         .subject(session["id"].as_str().unwrap_or_default())
         .details(json!({ "plan": plan.as_str(), "additional_sites": n }));
@@ -350,10 +350,7 @@ pub async fn portal(state: &AppState, tenant_id: &str, actor: &Actor) -> ApiResu
     let form: Form = crate::form![("customer", &customer), ("return_url", app_url(state, "/billing"))];
     let session = client.create_portal_session(&form, &new_key("portal")).await?;
     let url = session["url"].as_str().ok_or_else(|| ApiError::from(StripeError::Decode("portal url".into())))?;
-    let entry = Entry::new(Zone::Billing, "portal_session", actor.name.clone())
-        .request_id(actor.request_id.clone())
-        .tenant(tenant_id)
-        .subject(&customer);
+    let entry = actor.entry(Zone::Billing, "portal_session").tenant(tenant_id).subject(&customer);
     audit::record(&state.db, &entry, state.now()).await?;
     Ok(UrlResponse { url: url.to_owned() })
 }
@@ -426,8 +423,8 @@ pub async fn change_sites(state: &AppState, tenant_id: &str, input: SitesRequest
     let now = state.now();
     let mut tx = state.db.begin().await?;
     store::upsert_subscription(&mut tx, &row).await?;
-    let entry = Entry::new(Zone::Billing, "sites_change", actor.name.clone())
-        .request_id(actor.request_id.clone())
+    let entry = actor
+        .entry(Zone::Billing, "sites_change")
         .tenant(tenant_id)
         .subject(&row.stripe_subscription_id)
         .details(json!({ "from": sub.addon_quantity, "to": row.addon_quantity }));

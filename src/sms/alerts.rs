@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::audit::{self, Entry, Zone};
+use crate::audit::{self, Zone};
 use crate::db::{self, sms};
 use crate::domain::ids::new_id;
 use crate::domain::phone::Phone;
@@ -384,14 +384,10 @@ pub async fn create_alert(
         })
         .collect();
     sms::insert_messages(&mut tx, &messages).await?;
-    let entry = Entry::new(Zone::Sms, "sms_alert_create", actor.name.clone())
-        .request_id(actor.request_id.clone())
-        .tenant(tenant_id)
-        .subject(&alert_id)
-        .details(json!({
-            "kind": kind, "encoding": encoding, "segments": info.segments, "queued": queued, "skipped": skipped,
-            "ast_id": ast_id,
-        }));
+    let entry = actor.entry(Zone::Sms, "sms_alert_create").tenant(tenant_id).subject(&alert_id).details(json!({
+        "kind": kind, "encoding": encoding, "segments": info.segments, "queued": queued, "skipped": skipped,
+        "ast_id": ast_id,
+    }));
     audit::append(&mut tx, &entry, now).await?;
     tx.commit().await?;
     if queued > 0 {
@@ -498,8 +494,8 @@ pub async fn send_test(
         },
     )
     .await?;
-    let entry = Entry::new(Zone::Twilio, "send_sms", actor.name.clone())
-        .request_id(actor.request_id.clone())
+    let entry = actor
+        .entry(Zone::Twilio, "send_sms")
         .subject(&message_id)
         .details(json!({ "kind": "test", "to": masked, "segments": info.segments, "status": status }));
     audit::append(&mut tx, &entry, now).await?;
