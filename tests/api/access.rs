@@ -26,10 +26,10 @@ async fn tenant_with_data(app: &TestApp) -> (String, String, String, Value) {
     (key, site["id"].as_str().unwrap().to_owned(), worker_id, answer)
 }
 
+/// The alert these tests send, with `Idempotency-Key: idem`.
 async fn alert_with_key(app: &TestApp, key: &str, idem: &str) -> (StatusCode, Value) {
     let body = json!({"kind": "general_alert", "body": "Exercice d'évacuation à 14 h", "recipients": {"all": true}});
-    let rb = app.request(Method::POST, "/api/sms/alerts", Some(key)).header("Idempotency-Key", idem).json(&body);
-    read(rb.send().await.expect("request sent")).await
+    crate::sms::alert_with_key(app, key, idem, body).await
 }
 
 /// The 402 of a suspended tenant, naming why and the way out (Checkout or the portal, by status: billing.rs).
@@ -41,9 +41,7 @@ fn assert_suspended(s: StatusCode, b: &Value, why: &str, request: &str) {
 }
 
 async fn access(app: &TestApp, key: &str) -> String {
-    let (s, e) = app.send(Method::GET, "/api/entitlements", Some(key), None).await;
-    assert_eq!(s, StatusCode::OK, "{e}");
-    e["access"].as_str().unwrap().to_owned()
+    app.entitlements(key).await["access"].as_str().unwrap().to_owned()
 }
 
 both_backends! {
@@ -116,7 +114,7 @@ both_backends! {
         .await;
         assert_eq!(access(&app, &key).await, "grace");
         // The banner's date: when the grace ends (past due since yesterday + 7 days).
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        let e = app.entitlements(&key).await;
         assert_eq!(e["grace_ends_at"], secur360::time::to_rfc3339(now + 6 * DAY_MS));
         let (_, view) = app.send(Method::GET, "/api/billing/subscription", Some(&key), None).await;
         assert_eq!(view["grace_ends_at"], e["grace_ends_at"], "{view}");
@@ -126,7 +124,7 @@ both_backends! {
         // The default grace is 7 days.
         app.exec(&format!("UPDATE subscriptions SET past_due_since = {} WHERE tenant_id = 'acme'", now - 8 * DAY_MS))
             .await;
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        let e = app.entitlements(&key).await;
         assert_eq!((e["access"].as_str(), &e["grace_ends_at"]), (Some("suspended"), &Value::Null), "{e}");
         let (s, b) = app.send(Method::POST, "/api/workers", Some(&key), Some(json!({"name": "Jean", "phone": "514 873 2015"}))).await;
         assert_suspended(s, &b, "past due beyond its grace period", "POST /api/workers");

@@ -204,7 +204,7 @@ with_fake_stripe! {
         assert_eq!(updates[0].field("items[0][price]"), Some(PRICE_ADDON_MONTHLY));
         assert_eq!(updates[0].field("items[0][quantity]"), Some("3"));
         assert_eq!(updates[0].field("proration_behavior"), Some("create_prorations"));
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        let e = app.entitlements(&key).await;
         assert_eq!(e["max_sites"].as_i64(), Some(4));
 
         let (s, _) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 5}))).await;
@@ -219,7 +219,7 @@ with_fake_stripe! {
         let updates = fake.requests_to(Method::POST, "/v1/subscriptions/sub_acme");
         assert_eq!(updates[2].field("items[0][id]"), Some("si_new_sub_acme"));
         assert_eq!(updates[2].field("items[0][deleted]"), Some("true"));
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        let e = app.entitlements(&key).await;
         assert_eq!(e["max_sites"].as_i64(), Some(1));
         assert_eq!(scalar(&app, "SELECT COUNT(*) FROM system_audit_logs WHERE action = 'sites_change'").await, 3);
         for r in fake.requests() {
@@ -297,7 +297,7 @@ with_fake_stripe! {
         let ((s, b), (cs, cb)) = tokio::join!(lower, meanwhile);
         assert_eq!((s, b["additional_sites"].as_i64()), (StatusCode::OK, Some(1)), "{b}");
         assert_eq!((cs, error_code(&cb)), (StatusCode::PAYMENT_REQUIRED, "site_limit_reached"), "{cb}");
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        let e = app.entitlements(&key).await;
         assert_eq!((e["max_sites"].as_i64(), e["sites_used"].as_i64()), (Some(2), Some(2)), "{e}");
     }
 
@@ -327,7 +327,7 @@ with_fake_stripe! {
         let key = app.tenant_without_subscription("acme").await;
         live_subscription(&app, &fake, "acme", 2).await;
         let max_sites = || async {
-            let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+            let e = app.entitlements(&key).await;
             e["max_sites"].as_i64().unwrap()
         };
         fake.fail_subscription_updates(&[400]);
@@ -353,7 +353,7 @@ with_fake_stripe! {
         fake.fail_subscription_updates(&[500, 500, 500]);
         let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 0}))).await;
         assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "stripe_unavailable"), "{b}");
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        let e = app.entitlements(&key).await;
         assert_eq!(e["max_sites"].as_i64(), Some(1), "never more sites than may be paid for: {e}");
         // The retry the 503 asks for goes through.
         let (s, b) = app.send(Method::PUT, "/api/billing/sites", Some(&key), Some(json!({"additional_sites": 0}))).await;

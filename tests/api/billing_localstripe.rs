@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use secur360::on_db;
 use serde_json::Value;
 
@@ -149,7 +148,7 @@ async fn scenario(backend: Backend) {
     eventually(&app, &sub_row, "active|2").await;
     let invoice_row = format!("SELECT status || '|' || total FROM invoices WHERE stripe_subscription_id = '{sub_id}'");
     eventually(&app, &invoice_row, "paid|10000").await;
-    let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+    let e = app.entitlements(&key).await;
     assert_eq!((e["access"].as_str(), e["max_sites"].as_i64()), (Some("full"), Some(3)), "{e}");
     let webhook_types: Vec<String> = on_db!(&app.db, p => sqlx::query_scalar(
         "SELECT event_type FROM billing_events WHERE source = 'webhook' AND processing_status = 'processed' ORDER BY event_type"
@@ -170,7 +169,7 @@ async fn scenario(backend: Backend) {
     assert_eq!(report.errors.len(), 1, "{report:?}");
     assert!(report.errors[0].contains("undelivered events"), "{report:?}");
     assert_eq!(optional_text(&app, &sub_row).await.as_deref(), Some("active|5"));
-    let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+    let e = app.entitlements(&key).await;
     assert_eq!(e["max_sites"].as_i64(), Some(6), "{e}");
     let corrections: i64 = on_db!(&app.db, p => sqlx::query_scalar(
         "SELECT COUNT(*) FROM billing_events WHERE source = 'sync' AND event_type = 'sync.subscription_corrected'"

@@ -71,10 +71,6 @@ fn sdk_header(payload: &str, secret: &str, timestamp: i64) -> String {
     v["header"].as_str().unwrap_or_else(|| panic!("sign.py: {v}")).to_owned()
 }
 
-async fn entitlements(app: &TestApp, key: &str) -> Value {
-    app.send(Method::GET, "/api/entitlements", Some(key), None).await.1
-}
-
 pub async fn link_customer(app: &TestApp, tenant: &str, customer: &str) {
     app.exec(&format!(
         "INSERT INTO customers (stripe_customer_id, tenant_id, created_at, updated_at) VALUES ('{customer}', '{tenant}', 1, 1)"
@@ -384,11 +380,11 @@ both_backends! {
         let key = app.tenant_without_subscription("acme").await;
         link_customer(&app, "acme", "cus_acme").await;
         let t = now_secs() - 100;
-        let e = entitlements(&app, &key).await;
+        let e = app.entitlements(&key).await;
         assert_eq!((e["access"].as_str(), e["max_sites"].as_i64()), (Some("suspended"), Some(1)));
 
         deliver(&app, &event("evt_e1", "customer.subscription.created", t, sub_object("sub_e", "cus_acme", "active", 2))).await;
-        let e = entitlements(&app, &key).await;
+        let e = app.entitlements(&key).await;
         assert_eq!((e["access"].as_str(), e["max_sites"].as_i64()), (Some("full"), Some(3)));
         for name in ["A", "B", "C"] {
             let (s, b) = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": name}))).await;
@@ -398,7 +394,7 @@ both_backends! {
         assert_eq!((s, error_code(&b)), (StatusCode::PAYMENT_REQUIRED, "site_limit_reached"));
 
         deliver(&app, &event("evt_e2", "customer.subscription.updated", t + 10, sub_object("sub_e", "cus_acme", "past_due", 2))).await;
-        let e = entitlements(&app, &key).await;
+        let e = app.entitlements(&key).await;
         assert_eq!((e["access"].as_str(), e["max_sites"].as_i64()), (Some("grace"), Some(3)));
         assert_eq!(scalar(&app, "SELECT past_due_since FROM subscriptions WHERE stripe_subscription_id = 'sub_e'").await, (t + 10) * 1000);
 
@@ -415,7 +411,7 @@ both_backends! {
         assert_eq!(view["invoices"][0]["tax"].as_i64(), Some(11_498 - 11_498 * 100 / 115));
 
         deliver(&app, &event("evt_e4", "customer.subscription.deleted", t + 20, sub_object("sub_e", "cus_acme", "canceled", 2))).await;
-        let e = entitlements(&app, &key).await;
+        let e = app.entitlements(&key).await;
         assert_eq!((e["access"].as_str(), e["max_sites"].as_i64()), (Some("suspended"), Some(1)));
     }
 

@@ -293,6 +293,13 @@ impl TestApp {
         b["key"].as_str().expect("key in response").to_owned()
     }
 
+    /// `GET /api/entitlements` with a tenant key (must answer 200).
+    pub async fn entitlements(&self, key: &str) -> Value {
+        let (s, e) = self.send(Method::GET, "/api/entitlements", Some(key), None).await;
+        assert_eq!(s, StatusCode::OK, "{e}");
+        e
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {table}");
         on_db!(&self.db, p => sqlx::query_scalar::<_, i64>(&sql).fetch_one(p).await).expect("count")

@@ -53,14 +53,14 @@ both_backends! {
         let (s, b) = app.send(Method::POST, "/api/sites", Some(&key), Some(json!({"name": "D"}))).await;
         assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{b}");
         assert!(b["error"]["message"].as_str().unwrap().contains("allows 3 site(s)"));
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        let e = app.entitlements(&key).await;
         assert_eq!((e["access"].as_str(), e["max_sites"].as_i64(), e["sites_used"].as_i64()), (Some("full"), Some(3), Some(3)));
     }
 
     async fn a_canceled_subscription_grants_one_site_only(app) {
         let key = app.tenant_without_subscription("acme").await;
         subscribe(&app.db, "acme", "canceled", 4).await;
-        let (_, e) = app.send(Method::GET, "/api/entitlements", Some(&key), None).await;
+        let e = app.entitlements(&key).await;
         assert_eq!((e["access"].as_str(), e["max_sites"].as_i64()), (Some("suspended"), Some(1)));
     }
 

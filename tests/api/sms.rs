@@ -63,7 +63,7 @@ pub async fn alert(app: &TestApp, key: &str, body: Value) -> (StatusCode, Value)
     app.send(Method::POST, "/api/sms/alerts", Some(key), Some(body)).await
 }
 
-async fn alert_with_key(app: &TestApp, key: &str, idem: &str, body: Value) -> (StatusCode, Value) {
+pub async fn alert_with_key(app: &TestApp, key: &str, idem: &str, body: Value) -> (StatusCode, Value) {
     let rb = app.request(Method::POST, "/api/sms/alerts", Some(key)).header("Idempotency-Key", idem).json(&body);
     read(rb.send().await.unwrap()).await
 }
