@@ -144,11 +144,46 @@ impl Db {
 
     /// Apply pending migrations (PostgreSQL takes an advisory lock, so concurrent instances are safe).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        match self {
-            Db::Sqlite(p) => SQLITE_MIGRATOR.run(p).await,
-            Db::Postgres(p) => POSTGRES_MIGRATOR.run(p).await,
-        }
-        .context("applying database migrations failed")
+        let p = match self {
+            Db::Sqlite(p) => return SQLITE_MIGRATOR.run(p).await.context("applying database migrations failed"),
+            Db::Postgres(p) => p,
+        };
+        let mut conn = p.acquire().await.context("applying database migrations failed")?;
+        let Err(e) = POSTGRES_MIGRATOR.run_direct(&mut *conn).await else { return Ok(()) };
+        // A failed run leaves its session's migration lock held: the connection must not go back to the pool,
+        // where the next run (another connection) would wait for that lock for ever.
+        conn.close_on_drop();
+        drop(conn);
+        // A migration outside a transaction (an index built CONCURRENTLY) that was interrupted leaves its index
+        // behind (invalid if the build did not finish) without being recorded, and then fails on every start:
+        // name the index and the way out.
+        let outside_tx = matches!(&e, sqlx::migrate::MigrateError::ExecuteMigration(_, v)
+            if POSTGRES_MIGRATOR.iter().any(|m| m.version == *v && m.no_tx));
+        let invalid: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT i.indisvalid AND n.nspname = current_schema() ORDER BY 1",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap_or_default();
+        let e = anyhow::Error::new(e);
+        let runbook = "(README, runbook \"An upgrade stopped while building an index\")";
+        Err(if !invalid.is_empty() {
+            e.context(format!(
+                "applying database migrations failed; an interrupted upgrade left the invalid index {} behind: \
+                 drop it (as the owner: DROP INDEX CONCURRENTLY <name>;) and migrate again {runbook}",
+                invalid.join(", ")
+            ))
+        } else if outside_tx {
+            e.context(format!(
+                "applying database migrations failed in a migration that runs outside a transaction; if an \
+                 earlier run of it was interrupted after it built its index, drop that index (as the owner: DROP \
+                 INDEX CONCURRENTLY <name>;) and migrate again {runbook}"
+            ))
+        } else {
+            e.context("applying database migrations failed")
+        })
     }
 
     /// The newest migration version this binary knows, and the newest applied one.

@@ -104,8 +104,8 @@ pub async fn alert_messages(db: &Db, tenant_id: &str, alert_id: &str) -> Result<
     ).bind(tenant_id).bind(alert_id).fetch_all(p).await)
 }
 
-/// Store `status` as the aggregate of an alert whose aggregate the caller knows without reading its messages
-/// (one of them in flight: see `domain::sms_status::aggregate`).
+/// Store `status` as the aggregate of an alert (known without reading its messages when one of them is in
+/// flight: see `domain::sms_status::aggregate`).
 pub async fn set_alert_status(tx: &mut Tx, alert_id: &str, status: &str, now: i64) -> Result<(), sqlx::Error> {
     on_tx!(tx, c => sqlx::query(
         "UPDATE sms_alerts SET status = $2, updated_at = $3 WHERE id = $1 AND status <> $2"
@@ -113,20 +113,16 @@ pub async fn set_alert_status(tx: &mut Tx, alert_id: &str, status: &str, now: i6
     Ok(())
 }
 
-/// Recompute and store the aggregate status of an alert from its messages.
+/// Recompute and store the aggregate status of an alert from its messages (the alert locked first on
+/// PostgreSQL: `sms_status::alert_statuses`).
 pub async fn refresh_alert_status(tx: &mut Tx, alert_id: &str, now: i64) -> Result<(), sqlx::Error> {
     use crate::domain::sms_status::{aggregate, MessageStatus};
-    // The aggregate depends only on which statuses occur: the distinct ones are enough (a handful of rows, not
-    // one per recipient, which made recording each outcome of a large alert cost O(recipients)).
-    let statuses: Vec<String> = on_tx!(tx, c => sqlx::query_scalar(
-        "SELECT DISTINCT status FROM sms_messages WHERE alert_id = $1"
-    ).bind(alert_id).fetch_all(&mut *c).await)?;
-    let statuses: Vec<MessageStatus> = statuses.iter().filter_map(|s| MessageStatus::parse(s)).collect();
-    let status = aggregate(&statuses);
-    on_tx!(tx, c => sqlx::query(
-        "UPDATE sms_alerts SET status = $2, updated_at = $3 WHERE id = $1 AND status <> $2"
-    ).bind(alert_id).bind(status).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(())
+    let statuses: Vec<MessageStatus> = super::sms_status::alert_statuses(tx, &[alert_id])
+        .await?
+        .iter()
+        .filter_map(|(_, s)| MessageStatus::parse(s))
+        .collect();
+    set_alert_status(tx, alert_id, aggregate(&statuses), now).await
 }
 
 // ---------------------------------------------------------------------------------------------------------

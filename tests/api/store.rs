@@ -172,3 +172,41 @@ async fn a_leaked_transaction_never_reaches_the_next_caller_on_sqlite() {
 async fn a_leaked_transaction_never_reaches_the_next_caller_on_postgres() {
     a_leaked_transaction_never_reaches_the_next_caller(Backend::Postgres).await;
 }
+
+/// An upgrade interrupted while it built an index CONCURRENTLY leaves an invalid index behind, and the same
+/// migration then fails on every start: the error names the index and the way out, which works, on the same pool
+/// (a failed run must not leave its migration lock held by a pooled connection). The invalid index is made here
+/// by a unique build that fails on duplicates, under the name migration 0006 creates.
+#[tokio::test]
+async fn a_migration_stopped_by_an_invalid_index_names_it_and_the_fix() {
+    let (db, _url, _dir) = fresh_database(Backend::Postgres).await;
+    let exec = |sql: &'static str| {
+        let db = db.clone();
+        async move { on_db!(&db, p => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected())).unwrap() }
+    };
+    exec("INSERT INTO tenants (id, name, province, language, created_at, updated_at) VALUES ('t1', 'T', 'QC', 'fr', 0, 0), ('t2', 'T', 'QC', 'fr', 0, 0)").await;
+    exec("DROP INDEX sms_messages_alert_status").await;
+    exec("DELETE FROM _sqlx_migrations WHERE version >= 6").await;
+    let failed = on_db!(&db, p => sqlx::query("CREATE UNIQUE INDEX CONCURRENTLY sms_messages_alert_status ON tenants (province)")
+        .execute(p).await.map(|r| r.rows_affected()));
+    assert!(failed.is_err(), "the duplicate provinces fail the build");
+
+    let e = format!("{:#}", db.migrate().await.expect_err("0006 cannot create an index whose name is taken"));
+    assert!(e.contains("invalid index sms_messages_alert_status"), "{e}");
+    assert!(e.contains("DROP INDEX CONCURRENTLY"), "{e}");
+    assert!(e.contains("An upgrade stopped while building an index"), "{e}");
+
+    exec("DROP INDEX CONCURRENTLY sms_messages_alert_status").await;
+    db.migrate().await.expect("the upgrade completes once the invalid index is gone");
+    let valid: bool = on_db!(&db, p => sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'sms_messages_alert_status'"
+    ).fetch_one(p).await).unwrap();
+    assert!(valid);
+
+    // Interrupted after the build, before it was recorded: the index is valid, and the error still says what to do.
+    exec("DELETE FROM _sqlx_migrations WHERE version >= 6").await;
+    let e = format!("{:#}", db.migrate().await.expect_err("0006 finds its index already there"));
+    assert!(e.contains("outside a transaction") && e.contains("DROP INDEX CONCURRENTLY"), "{e}");
+    exec("DROP INDEX CONCURRENTLY sms_messages_alert_status").await;
+    db.migrate().await.expect("the upgrade completes");
+}
