@@ -79,6 +79,19 @@ pub enum Backend {
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Push `(v1, v2, …)`, each value bound, onto `q`: the list of a `… IN (…)` (callers chunk the values).
+pub(crate) fn push_in_list<'args, DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<'args, DB>, values: &[&'args str])
+where
+    &'args str: sqlx::Encode<'args, DB> + sqlx::Type<DB>,
+{
+    q.push("(");
+    let mut list = q.separated(", ");
+    for value in values {
+        list.push_bind(*value);
+    }
+    q.push(")");
+}
+
 impl Db {
     /// Connect to `url`. For SQLite the file (and its folder) is created on first use.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {

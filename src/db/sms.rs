@@ -619,13 +619,10 @@ pub async fn take_pending_events(tx: &mut Tx, sids: &[&str]) -> Result<Vec<Pendi
     for chunk in sids.chunks(RECORD_CHUNK) {
         let rows: Vec<PendingEvent> = on_tx!(tx, c => {
             let mut q = sqlx::QueryBuilder::new(
-                "UPDATE sms_status_events SET applied = TRUE WHERE applied = FALSE AND twilio_sid IN (",
+                "UPDATE sms_status_events SET applied = TRUE WHERE applied = FALSE AND twilio_sid IN ",
             );
-            let mut list = q.separated(", ");
-            for sid in chunk {
-                list.push_bind(*sid);
-            }
-            q.push(") RETURNING id, twilio_sid, status, error_code");
+            super::push_in_list(&mut q, chunk);
+            q.push(" RETURNING id, twilio_sid, status, error_code");
             q.build_query_as().fetch_all(&mut *c).await
         })?;
         events.extend(rows);

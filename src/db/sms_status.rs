@@ -8,7 +8,7 @@
 
 use sqlx::QueryBuilder;
 
-use super::{Backend, Tx};
+use super::{push_in_list, Backend, Tx};
 use crate::domain::sms_status::MessageStatus;
 use crate::on_tx;
 
@@ -68,13 +68,10 @@ pub async fn messages_by_sids(tx: &mut Tx, sids: &[&str]) -> Result<Vec<SidMessa
             let mut q = QueryBuilder::new(
                 "SELECT twilio_sid, id, alert_id, kind, status, EXISTS (SELECT 1 FROM sms_status_events e \
                  WHERE e.twilio_sid = sms_messages.twilio_sid AND e.applied = FALSE) AS pending \
-                 FROM sms_messages WHERE twilio_sid IN (",
+                 FROM sms_messages WHERE twilio_sid IN ",
             );
-            let mut list = q.separated(", ");
-            for sid in chunk {
-                list.push_bind(*sid);
-            }
-            q.push(")").push(lock);
+            push_in_list(&mut q, chunk);
+            q.push(lock);
             q.build_query_as().fetch_all(&mut *c).await
         })?;
         found.extend(rows);
@@ -126,12 +123,9 @@ pub async fn alert_statuses(tx: &mut Tx, alert_ids: &[&str]) -> Result<Vec<(Stri
     for chunk in alert_ids.chunks(CHUNK / MessageStatus::ALL.len()) {
         if tx.backend() == Backend::Postgres {
             on_tx!(tx, c => {
-                let mut q = QueryBuilder::new("SELECT id FROM sms_alerts WHERE id IN (");
-                let mut list = q.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
-                }
-                q.push(") ORDER BY id FOR UPDATE");
+                let mut q = QueryBuilder::new("SELECT id FROM sms_alerts WHERE id IN ");
+                push_in_list(&mut q, chunk);
+                q.push(" ORDER BY id FOR UPDATE");
                 q.build().fetch_all(&mut *c).await.map(|rows| rows.len())
             })?;
         }
@@ -177,12 +171,8 @@ pub async fn mark_applied(tx: &mut Tx, sids: &[&str]) -> Result<(), sqlx::Error>
     for chunk in sids.chunks(CHUNK) {
         on_tx!(tx, c => {
             let mut q =
-                QueryBuilder::new("UPDATE sms_status_events SET applied = TRUE WHERE applied = FALSE AND twilio_sid IN (");
-            let mut list = q.separated(", ");
-            for sid in chunk {
-                list.push_bind(*sid);
-            }
-            q.push(")");
+                QueryBuilder::new("UPDATE sms_status_events SET applied = TRUE WHERE applied = FALSE AND twilio_sid IN ");
+            push_in_list(&mut q, chunk);
             q.build().execute(&mut *c).await.map(|r| r.rows_affected())
         })?;
     }
