@@ -17,6 +17,9 @@ pub struct NewAlert<'a> {
     pub recipients_spec: &'a str,
     pub encoding: &'a str,
     pub segments: i64,
+    /// The aggregate when the alert is made (`queued` or `skipped`), kept in `sms_alerts.status`. The aggregate
+    /// shown afterwards is computed from the messages when the alert is read ([`AlertRow`]): no write to the alert
+    /// on the callback and dispatch paths, so nothing to keep in step (the column is no longer read).
     pub status: &'a str,
     pub idempotency_key: Option<&'a str>,
     pub request_hash: &'a str,
@@ -61,6 +64,8 @@ pub async fn find_by_idempotency_key(
     }
 }
 
+/// An alert as stored. Its aggregate status is not here: it follows from its messages' statuses
+/// (`domain::sms_status::aggregate`), computed when it is read (`http::sms::get_alert` reads every message anyway).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AlertRow {
     pub id: String,
@@ -68,7 +73,6 @@ pub struct AlertRow {
     pub ast_id: Option<String>,
     pub encoding: String,
     pub segments: i64,
-    pub status: String,
     pub created_by: String,
     #[serde(serialize_with = "crate::time::ser_ts")]
     pub created_at: i64,
@@ -78,7 +82,7 @@ pub struct AlertRow {
 
 pub async fn get_alert(db: &Db, tenant_id: &str, id: &str) -> Result<Option<AlertRow>, sqlx::Error> {
     on_db!(db, p => sqlx::query_as(
-        "SELECT id, kind, ast_id, encoding, segments, status, created_by, created_at, updated_at FROM sms_alerts \
+        "SELECT id, kind, ast_id, encoding, segments, created_by, created_at, updated_at FROM sms_alerts \
          WHERE tenant_id = $1 AND id = $2"
     ).bind(tenant_id).bind(id).fetch_optional(p).await)
 }
@@ -102,27 +106,6 @@ pub async fn alert_messages(db: &Db, tenant_id: &str, alert_id: &str) -> Result<
         "SELECT id AS message_id, worker_id, to_phone_masked AS phone_masked, status, attempts, error_code, \
          twilio_sid, status_updated_at FROM sms_messages WHERE tenant_id = $1 AND alert_id = $2 ORDER BY created_at, id"
     ).bind(tenant_id).bind(alert_id).fetch_all(p).await)
-}
-
-/// Store `status` as the aggregate of an alert (known without reading its messages when one of them is in
-/// flight: see `domain::sms_status::aggregate`).
-pub async fn set_alert_status(tx: &mut Tx, alert_id: &str, status: &str, now: i64) -> Result<(), sqlx::Error> {
-    on_tx!(tx, c => sqlx::query(
-        "UPDATE sms_alerts SET status = $2, updated_at = $3 WHERE id = $1 AND status <> $2"
-    ).bind(alert_id).bind(status).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(())
-}
-
-/// Recompute and store the aggregate status of an alert from its messages (the alert locked first on
-/// PostgreSQL: `sms_status::alert_statuses`).
-pub async fn refresh_alert_status(tx: &mut Tx, alert_id: &str, now: i64) -> Result<(), sqlx::Error> {
-    use crate::domain::sms_status::{aggregate, MessageStatus};
-    let statuses: Vec<MessageStatus> = super::sms_status::alert_statuses(tx, &[alert_id])
-        .await?
-        .iter()
-        .filter_map(|(_, s)| MessageStatus::parse(s))
-        .collect();
-    set_alert_status(tx, alert_id, aggregate(&statuses), now).await
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@
 use sqlx::QueryBuilder;
 
 use super::{push_in_list, Backend, Tx};
-use crate::domain::sms_status::MessageStatus;
 use crate::on_tx;
 
 /// Rows per multi-row statement.
@@ -47,7 +46,6 @@ pub async fn insert_events(tx: &mut Tx, events: &[NewEvent<'_>]) -> Result<(), s
 pub struct SidMessage {
     pub twilio_sid: String,
     pub id: String,
-    pub alert_id: Option<String>,
     pub kind: String,
     pub status: String,
     /// Callbacks for this SID were stored before its message was known and are not applied yet (normally
@@ -66,7 +64,7 @@ pub async fn messages_by_sids(tx: &mut Tx, sids: &[&str]) -> Result<Vec<SidMessa
     for chunk in sids.chunks(CHUNK) {
         let rows: Vec<SidMessage> = on_tx!(tx, c => {
             let mut q = QueryBuilder::new(
-                "SELECT twilio_sid, id, alert_id, kind, status, EXISTS (SELECT 1 FROM sms_status_events e \
+                "SELECT twilio_sid, id, kind, status, EXISTS (SELECT 1 FROM sms_status_events e \
                  WHERE e.twilio_sid = sms_messages.twilio_sid AND e.applied = FALSE) AS pending \
                  FROM sms_messages WHERE twilio_sid IN ",
             );
@@ -100,66 +98,6 @@ pub async fn set_statuses(tx: &mut Tx, updates: &[StatusUpdate<'_>]) -> Result<(
                 b.push_bind(u.id).push_bind(u.status).push_bind(u.error_code).push_bind(u.at);
             });
             q.push(") AS v WHERE sms_messages.id = v.column1");
-            q.build().execute(&mut *c).await.map(|r| r.rows_affected())
-        })?;
-    }
-    Ok(())
-}
-
-/// Which statuses occur among the messages of each of `alert_ids` (sorted, distinct): `(alert_id, status)` pairs,
-/// what an alert's aggregate depends on (`domain::sms_status::aggregate`).
-///
-/// On PostgreSQL the alerts are locked first, in id order (after the message rows the caller holds): batches of
-/// callbacks and the dispatcher run concurrently, and without the lock two of them moving different messages of
-/// one alert each read the other's message as it was and could both store a stale aggregate (`sent` while every
-/// message is `delivered`). Once the lock is held, the read below (a new statement, a new snapshot) sees what the
-/// previous holder committed. SQLite has one writer.
-///
-/// One index probe per alert and status (`sms_messages_alert_status`), not a read of every message of the alert:
-/// a batch of callbacks for a 10,000-recipient alert read its 10,000 rows each time (~4 ms on PostgreSQL).
-pub async fn alert_statuses(tx: &mut Tx, alert_ids: &[&str]) -> Result<Vec<(String, String)>, sqlx::Error> {
-    let mut found = Vec::new();
-    // 9 statuses per alert: at most CHUNK / 9 alerts (and their rows) per statement.
-    for chunk in alert_ids.chunks(CHUNK / MessageStatus::ALL.len()) {
-        if tx.backend() == Backend::Postgres {
-            on_tx!(tx, c => {
-                let mut q = QueryBuilder::new("SELECT id FROM sms_alerts WHERE id IN ");
-                push_in_list(&mut q, chunk);
-                q.push(" ORDER BY id FOR UPDATE");
-                q.build().fetch_all(&mut *c).await.map(|rows| rows.len())
-            })?;
-        }
-        let rows: Vec<(String, String, bool)> = on_tx!(tx, c => {
-            // The EXISTS in the select list is evaluated per pair (an index probe); in WHERE, PostgreSQL's
-            // planner may turn it into a join reading the whole index.
-            let mut q = QueryBuilder::new(
-                "SELECT a.column1, s.column1, EXISTS (SELECT 1 FROM sms_messages m \
-                 WHERE m.alert_id = a.column1 AND m.status = s.column1) FROM (",
-            );
-            q.push_values(chunk, |mut b, id| {
-                b.push_bind(*id);
-            });
-            q.push(") AS a CROSS JOIN (");
-            q.push_values(MessageStatus::ALL, |mut b, status| {
-                b.push_bind(status.as_str());
-            });
-            q.push(") AS s");
-            q.build_query_as().fetch_all(&mut *c).await
-        })?;
-        found.extend(rows.into_iter().filter(|(_, _, present)| *present).map(|(alert, status, _)| (alert, status)));
-    }
-    Ok(found)
-}
-
-/// Set the aggregate status of many alerts, `(id, status, at)`, sorted by id; unchanged ones are not written.
-pub async fn set_alert_statuses(tx: &mut Tx, alerts: &[(&str, &str, i64)]) -> Result<(), sqlx::Error> {
-    for chunk in alerts.chunks(CHUNK) {
-        on_tx!(tx, c => {
-            let mut q = QueryBuilder::new("UPDATE sms_alerts SET status = v.column2, updated_at = v.column3 FROM (");
-            q.push_values(chunk, |mut b, (id, status, at)| {
-                b.push_bind(*id).push_bind(*status).push_bind(*at);
-            });
-            q.push(") AS v WHERE sms_alerts.id = v.column1 AND sms_alerts.status <> v.column2");
             q.build().execute(&mut *c).await.map(|r| r.rows_affected())
         })?;
     }

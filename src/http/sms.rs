@@ -10,6 +10,7 @@ use super::extract::{ApiJson, ReqId};
 use super::twilio_webhook::TwilioForm;
 use crate::auth::{Operator, TenantAdmin};
 use crate::db::sms;
+use crate::domain::sms_status::{aggregate, MessageStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::sms::{alerts, status};
 use crate::state::AppState;
@@ -43,20 +44,27 @@ pub async fn get_alert(
     let alert = sms::get_alert(&state.db, &admin.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("alert"))?;
     let messages = sms::alert_messages(&state.db, &admin.tenant_id, &alert.id).await?;
     let mut counts = serde_json::Map::new();
+    let mut statuses = Vec::new();
     for m in &messages {
         let n = counts.entry(m.status.clone()).or_insert(json!(0));
         *n = json!(n.as_u64().unwrap_or(0) + 1);
+        match MessageStatus::parse(&m.status) {
+            Some(status) if !statuses.contains(&status) => statuses.push(status),
+            _ => {}
+        }
     }
+    // The aggregate and the last change, from the messages as read (one snapshot): never stale.
+    let updated_at = messages.iter().map(|m| m.status_updated_at).fold(alert.updated_at, i64::max);
     Ok(Json(json!({
         "alert_id": alert.id,
         "kind": alert.kind,
         "ast_id": alert.ast_id,
-        "status": alert.status,
+        "status": aggregate(&statuses),
         "encoding": alert.encoding,
         "segments": alert.segments,
         "created_by": alert.created_by,
         "created_at": crate::time::to_rfc3339(alert.created_at),
-        "updated_at": crate::time::to_rfc3339(alert.updated_at),
+        "updated_at": crate::time::to_rfc3339(updated_at),
         "counts": counts,
         "recipients": messages,
     })))

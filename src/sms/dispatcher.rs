@@ -4,7 +4,7 @@
 //! `run_once(state, now)` does one pass (at most `SMS_DISPATCH_RATE_PER_SECOND` messages); `run_loop` repeats
 //! it at most once per second in `serve`. Tests call `run_once` with a chosen `now`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -279,9 +279,10 @@ fn plan<'a>(state: &AppState, m: &'a Claimed, sent: &'a Sent, now: i64) -> Plan<
 }
 
 /// Record a group of outcomes in one transaction with set-based statements: whatever the group's size, one
-/// update of the messages, one statement for the SIDs' locks and one taking their early callbacks, one update of
-/// each affected alert, then the audit rows. Per message, in order: what it was recorded as, `None` when the
-/// lease was lost to a newer claim and nothing was written for it.
+/// update of the messages, one statement for the SIDs' locks and one taking their early callbacks, then the audit
+/// rows (an alert's aggregate is not stored: it is computed from its messages when the alert is read). Per
+/// message, in order: what it was recorded as, `None` when the lease was lost to a newer claim and nothing was
+/// written for it.
 async fn record_all(
     state: &AppState,
     owner: &str,
@@ -290,10 +291,9 @@ async fn record_all(
 ) -> anyhow::Result<Vec<Option<Recorded>>> {
     let plans: Vec<Plan> = group.iter().map(|(m, sent)| plan(state, m, sent, now)).collect();
     let mut tx = state.db.begin().await?;
-    // Locks in one order, whatever the group holds: the SIDs (sorted), then message rows, then alert rows (in id
-    // order, below). A status callback takes only its SIDs' locks before rows, so neither it nor another
-    // instance's group can deadlock with this one. Audit rows take no lock: they are sealed into the chain
-    // afterwards (`audit::seal`).
+    // Locks in one order, whatever the group holds: the SIDs (sorted), then message rows. A status callback
+    // takes only its SIDs' locks before rows, so neither it nor another instance's group can deadlock with this
+    // one. Audit rows take no lock: they are sealed into the chain afterwards (`audit::seal`).
     let sids: Vec<&str> = plans.iter().filter_map(|p| p.outcome.sid).collect();
     sms::lock_sids(&mut tx, &sids).await?;
     let outcomes: Vec<sms::Outcome> = plans.iter().map(|p| p.outcome).collect();
@@ -333,25 +333,6 @@ async fn record_all(
     for ((m, sent), _) in group.iter().zip(&written).filter(|(_, w)| **w) {
         if matches!(sent, Sent::Provider(SendOutcome::Permanent { code, .. }) if code == "21610") {
             record_carrier_opt_out(&mut tx, m, now).await?;
-        }
-    }
-
-    // Each affected alert's aggregate once, in id order. While one of its messages is in flight (`sending`) the
-    // aggregate is `sending` whatever the others are (`domain::sms_status::aggregate`), so they are not read;
-    // otherwise it is recomputed from the distinct statuses of its messages.
-    let mut alerts: BTreeMap<&str, bool> = BTreeMap::new();
-    for (p, _) in plans.iter().zip(&written).filter(|(p, w)| **w && p.audit.is_some()) {
-        if let Some(alert) = &p.outcome.message.alert_id {
-            let in_flight =
-                p.outcome.sid.is_some_and(|sid| after.get(sid).is_none_or(|(s, _)| *s == MessageStatus::Sending));
-            *alerts.entry(alert.as_str()).or_default() |= in_flight;
-        }
-    }
-    for (alert, in_flight) in alerts {
-        if in_flight {
-            sms::set_alert_status(&mut tx, alert, "sending", now).await?;
-        } else {
-            sms::refresh_alert_status(&mut tx, alert, now).await?;
         }
     }
 

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 
 use crate::db::sms_status::{NewEvent, StatusUpdate};
 use crate::db::{sms, sms_status, Db, Tx};
-use crate::domain::sms_status::{aggregate, transition, MessageStatus};
+use crate::domain::sms_status::{transition, MessageStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -85,8 +85,9 @@ struct Moving<'a> {
 }
 
 /// Store and apply `batch` in one transaction, with a handful of statements whatever its size: the same result
-/// as [`apply_one`] on each callback in turn (callbacks for one SID are applied in the order given; each alert's
-/// aggregate is recomputed once). What became of each callback, in order. An error: nothing was written.
+/// as [`apply_one`] on each callback in turn (callbacks for one SID are applied in the order given). What became
+/// of each callback, in order. An error: nothing was written. No alert row is written or locked: an alert's
+/// aggregate is computed from its messages when it is read.
 pub async fn apply_batch(db: &Db, batch: &[Callback]) -> Result<Vec<Applied>, sqlx::Error> {
     let tx = lock_batch(db, batch).await?;
     apply_locked(tx, batch).await
@@ -158,27 +159,6 @@ pub async fn apply_locked(mut tx: Tx, batch: &[Callback]) -> Result<Vec<Applied>
         })
         .collect();
     sms_status::set_statuses(&mut tx, &updates).await?;
-    // Each affected alert's aggregate once, from its messages' statuses after this batch.
-    let mut alerts: HashMap<&str, i64> = HashMap::new();
-    for m in &moved {
-        if let (Some(alert), Some(at)) = (m.row.alert_id.as_deref(), m.moved_at) {
-            let latest = alerts.entry(alert).or_insert(at);
-            *latest = (*latest).max(at);
-        }
-    }
-    if !alerts.is_empty() {
-        let mut ids: Vec<&str> = alerts.keys().copied().collect();
-        ids.sort_unstable();
-        let mut statuses: HashMap<String, Vec<MessageStatus>> = HashMap::new();
-        for (alert, status) in sms_status::alert_statuses(&mut tx, &ids).await? {
-            statuses.entry(alert).or_default().extend(MessageStatus::parse(&status));
-        }
-        let aggregates: Vec<(&str, &str, i64)> = ids
-            .iter()
-            .map(|id| (*id, aggregate(statuses.get(*id).map_or(&[][..], Vec::as_slice)), alerts[id]))
-            .collect();
-        sms_status::set_alert_statuses(&mut tx, &aggregates).await?;
-    }
     // Callbacks stored before their SID's message was known (normally taken by the dispatcher as it records
     // the SID, under the same lock): applied now. Usually none, so no statement.
     let mut pending: Vec<&str> = rows.iter().filter(|r| r.pending).map(|r| r.twilio_sid.as_str()).collect();
