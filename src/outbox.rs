@@ -2,7 +2,7 @@
 //! The dispatcher sends it later; nothing is sent while a transaction is open.
 
 use crate::db::{sms, Tx};
-use crate::domain::ids::new_id;
+use crate::domain::ids::new_ordered_id;
 use crate::domain::phone::Phone;
 use crate::domain::sms_segments::{analyze, Encoding};
 
@@ -17,7 +17,7 @@ pub struct Outgoing<'a> {
 
 /// Insert the message and return its id.
 pub async fn enqueue(tx: &mut Tx, m: &Outgoing<'_>, now: i64) -> Result<String, sqlx::Error> {
-    let id = new_id("msg");
+    let id = new_ordered_id("msg");
     let info = analyze(m.body);
     let encoding = match info.encoding {
         Encoding::Gsm7 => "gsm7",

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{self, Zone};
 use crate::db::{self, sms};
-use crate::domain::ids::new_id;
+use crate::domain::ids::{new_id, new_ordered_id};
 use crate::domain::phone::Phone;
 use crate::domain::sms_segments::{self, Encoding, SegmentInfo};
 use crate::error::{ApiError, ApiResult};
@@ -283,7 +283,7 @@ pub async fn create_alert(
             None
         };
         order.push(Ok(rows.len()));
-        rows.push((new_id("msg"), c, reason, masked));
+        rows.push((new_ordered_id("msg"), c, reason, masked));
     }
     let outcomes: Vec<Outcome<'_>> = order
         .iter()
@@ -432,7 +432,7 @@ pub async fn send_test(
     let blocked = sms::consent_block(&state.db, "test", None, None, to.as_str()).await?;
     let now = state.now();
     let alert_id = new_id("alrt");
-    let message_id = new_id("msg");
+    let message_id = new_ordered_id("msg");
     let masked = to.masked();
     let encoding = encoding_name(info.encoding);
     let status = if blocked.is_some() { "skipped" } else { "queued" };
