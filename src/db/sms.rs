@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::{Backend, Db, Tx};
+use crate::sms::alerts::EMERGENCY_PRIORITY;
 use crate::{on_db, on_tx};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -424,10 +425,22 @@ const QUEUED_DUE: &str = "status = 'queued' AND next_attempt_at <= $1 AND (lease
 /// Claim up to `limit` due messages (emergency first, then oldest) for `owner` until `lease_until`, and
 /// commit: the provider is called afterwards with no transaction open.
 pub async fn claim(db: &Db, now: i64, lease_until: i64, owner: &str, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
-    claim_due(db, now, lease_until, owner, limit, true).await
+    claim_due(db, now, lease_until, owner, limit, Due::WithExpiredLeases).await
 }
 
-/// [`claim`], or, without `expired_leases`, only queued messages. The query with expired leases cannot be served
+/// Which due messages [`claim_due`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Queued and due, and claims whose lease expired (their instance died): [`DUE`].
+    WithExpiredLeases,
+    /// Queued and due only: [`QUEUED_DUE`].
+    Queued,
+    /// Queued and due emergencies only (priority at least `EMERGENCY_PRIORITY`): what the dispatcher sends when a
+    /// second's budget is already spent.
+    QueuedEmergencies,
+}
+
+/// [`claim`], or only queued messages ([`Due`]). The query with expired leases cannot be served
 /// in order by the `sms_messages_due` index (its `OR`, and the `created_at` tie-break among messages queued in
 /// the same millisecond), so it sorts every due row: 60 ms with 100,000 queued on SQLite, holding the write
 /// lock. The queued-only query reads the index in order and stops at `limit` (well under a millisecond); the
@@ -438,12 +451,16 @@ pub async fn claim_due(
     lease_until: i64,
     owner: &str,
     limit: i64,
-    expired_leases: bool,
+    which: Due,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let (due, order) = if expired_leases {
-        (DUE, "priority DESC, next_attempt_at, created_at")
-    } else {
-        (QUEUED_DUE, "priority DESC, next_attempt_at")
+    let emergencies;
+    let (due, order) = match which {
+        Due::WithExpiredLeases => (DUE, "priority DESC, next_attempt_at, created_at"),
+        Due::Queued => (QUEUED_DUE, "priority DESC, next_attempt_at"),
+        Due::QueuedEmergencies => {
+            emergencies = format!("{QUEUED_DUE} AND priority >= {EMERGENCY_PRIORITY}");
+            (emergencies.as_str(), "priority DESC, next_attempt_at")
+        }
     };
     // One statement in its own implicit transaction (no BEGIN/COMMIT round trips), committed when it returns: the
     // provider is called afterwards with no transaction open.

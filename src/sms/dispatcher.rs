@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::audit::{self, Entry, Outcome, Zone};
-use crate::db::sms::{self, Claimed};
+use crate::db::sms::{self, Claimed, Due};
 use crate::db::sms_status::{self, StatusUpdate};
 use crate::db::workers::{self, ConsentEvent};
 use crate::domain::sms_status::{transition, MessageStatus};
@@ -58,24 +58,19 @@ fn lease_ms(state: &AppState) -> i64 {
 
 /// One dispatch pass at `now` (at most `SMS_DISPATCH_RATE_PER_SECOND` messages).
 pub async fn run_once(state: &AppState, now: i64) -> anyhow::Result<DispatchReport> {
-    run_pass(state, now, state.settings.sms.dispatch_rate_per_second as usize, true).await
+    run_pass(state, now, state.settings.sms.dispatch_rate_per_second as usize, Due::WithExpiredLeases).await
 }
 
-/// One dispatch pass at `now` of at most `limit` messages; `expired_leases`: also take over claims whose lease
-/// expired (see `db::sms::claim_due`). Runs in the dispatcher's system database context.
-pub async fn run_pass(
-    state: &AppState,
-    now: i64,
-    limit: usize,
-    expired_leases: bool,
-) -> anyhow::Result<DispatchReport> {
-    crate::db::scope::system("sms-dispatcher", pass(state, now, limit, expired_leases)).await
+/// One dispatch pass at `now` of at most `limit` messages, of those `which` names (queued ones, also claims whose
+/// lease expired, or emergencies only: see `db::sms::claim_due`). Runs in the dispatcher's system database context.
+pub async fn run_pass(state: &AppState, now: i64, limit: usize, which: Due) -> anyhow::Result<DispatchReport> {
+    crate::db::scope::system("sms-dispatcher", pass(state, now, limit, which)).await
 }
 
-async fn pass(state: &AppState, now: i64, limit: usize, expired_leases: bool) -> anyhow::Result<DispatchReport> {
+async fn pass(state: &AppState, now: i64, limit: usize, which: Due) -> anyhow::Result<DispatchReport> {
     let limits = &state.settings.sms;
     let owner = state.instance_id.to_string();
-    let claimed = sms::claim_due(&state.db, now, now + lease_ms(state), &owner, limit as i64, expired_leases).await?;
+    let claimed = sms::claim_due(&state.db, now, now + lease_ms(state), &owner, limit as i64, which).await?;
     let mut report = DispatchReport { claimed: claimed.len(), ..Default::default() };
     if claimed.is_empty() {
         return Ok(report);
@@ -438,29 +433,70 @@ impl DispatchReport {
     }
 }
 
+/// The dispatcher's per-second budget (`SMS_DISPATCH_RATE_PER_SECOND`) in `run_loop`. General passes spend what
+/// is left of the second. Emergencies queued once it is spent do not wait for the next second: they are sent at
+/// once on the next second's budget, at most `ahead_max` messages (one pass) ahead, so the rate over two seconds
+/// stays within the setting.
+#[derive(Debug)]
+struct Budget {
+    rate: usize,
+    ahead_max: usize,
+    /// Left in this second.
+    left: usize,
+    /// Taken ahead from the next second.
+    owed: usize,
+}
+
+impl Budget {
+    fn new(rate: usize, ahead_max: usize) -> Self {
+        Budget { rate, ahead_max: ahead_max.min(rate), left: rate, owed: 0 }
+    }
+
+    /// A new second: its budget, less what was taken ahead of it.
+    fn next_second(&mut self) {
+        self.left = self.rate - self.owed.min(self.rate);
+        self.owed = 0;
+    }
+
+    fn spend(&mut self, n: usize) {
+        let now = n.min(self.left);
+        self.left -= now;
+        self.owed += n - now;
+    }
+
+    /// How many emergencies may be claimed now: what is left of this second, then up to `ahead_max` of the next.
+    fn emergency_room(&self) -> usize {
+        self.left + self.ahead_max.saturating_sub(self.owed)
+    }
+}
+
 /// The background dispatcher of `serve`: at most `SMS_DISPATCH_RATE_PER_SECOND` messages per second, until `stop`.
 ///
 /// Each second's budget is spent in short passes of a few messages per permit rather than one pass of the whole
 /// budget: every pass claims emergencies first, so an emergency queued behind a backlog waits for one short pass,
 /// not for a second's worth of general messages. When nothing is due, the loop sleeps until the next second or
-/// until a message is queued in this process (`AppState::dispatch_wakeup`), whichever comes first.
+/// until a message is queued in this process (`AppState::dispatch_wakeup`), whichever comes first. When the
+/// second's budget is spent, a message queued in this process wakes the loop for a pass of emergencies only, on
+/// the next second's budget ([`Budget`]).
 pub async fn run_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     tracing::info!(provider = state.sms.name(), "SMS dispatcher started");
     let rate = (state.settings.sms.dispatch_rate_per_second as usize).max(1);
     let pass = (state.settings.sms.dispatch_concurrency as usize).saturating_mul(4).clamp(1, rate);
-    loop {
+    let mut budget = Budget::new(rate, pass);
+    'seconds: loop {
         let window_end = tokio::time::Instant::now() + Duration::from_secs(1);
-        let mut budget = rate;
         let mut idle = false;
         let mut window = DispatchReport::default();
-        while budget > 0 && tokio::time::Instant::now() < window_end && !*stop.borrow() {
-            let limit = pass.min(budget);
-            // Expired leases (a crashed instance's claims) once per second, in the first pass.
-            let first = budget == rate;
-            match run_pass(&state, state.now(), limit, first).await {
+        // Expired leases (a crashed instance's claims) once per second, in the first pass.
+        let mut first = true;
+        while budget.left > 0 && tokio::time::Instant::now() < window_end && !*stop.borrow() {
+            let limit = pass.min(budget.left);
+            let which = if first { Due::WithExpiredLeases } else { Due::Queued };
+            first = false;
+            match run_pass(&state, state.now(), limit, which).await {
                 Ok(r) => {
                     window.add(&r);
-                    budget -= r.claimed.min(budget);
+                    budget.spend(r.claimed);
                     if r.claimed < limit {
                         idle = true;
                         break;
@@ -480,19 +516,40 @@ pub async fn run_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         // Otherwise (the second ran out with budget left) go on at once.
         let wait = if idle {
             Duration::from_secs(1)
-        } else if budget == 0 {
+        } else if budget.left == 0 {
             window_end.saturating_duration_since(tokio::time::Instant::now())
         } else {
             Duration::ZERO
         };
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tokio::time::sleep(wait) => {}
-            _ = state.dispatch_wakeup.notified(), if idle => {}
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break 'seconds,
+                _ = tokio::time::sleep_until(until) => break,
+                _ = state.dispatch_wakeup.notified() => {
+                    if idle {
+                        break;
+                    }
+                    let limit = pass.min(budget.emergency_room());
+                    if limit == 0 {
+                        continue;
+                    }
+                    match run_pass(&state, state.now(), limit, Due::QueuedEmergencies).await {
+                        Ok(r) => {
+                            budget.spend(r.claimed);
+                            if r.claimed > 0 {
+                                tracing::info!(r = ?r, "SMS dispatch: emergencies after the second's budget was spent");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = format!("{e:#}"), "SMS dispatch pass of emergencies failed"),
+                    }
+                }
+            }
         }
         if *stop.borrow() {
             break;
         }
+        budget.next_second();
     }
     tracing::info!("SMS dispatcher stopped");
 }
@@ -518,5 +575,37 @@ mod tests {
         assert_eq!(backoff_ms(1, Some(600_000)), 600_000);
         assert_eq!(backoff_ms(3, Some(2_000)), 2_000);
         assert_eq!(backoff_ms(3, Some(0)), 1_000);
+    }
+
+    #[test]
+    fn emergencies_after_the_budget_is_spent_take_at_most_one_pass_of_the_next_second() {
+        let mut b = Budget::new(1_000, 128);
+        b.spend(990);
+        assert_eq!((b.left, b.owed, b.emergency_room()), (10, 0, 138));
+        // The second's budget is spent, then a pass of emergencies takes 30 ahead.
+        b.spend(10);
+        assert_eq!(b.emergency_room(), 128);
+        b.spend(30);
+        assert_eq!((b.left, b.owed, b.emergency_room()), (0, 30, 98));
+        // More than one pass ahead is refused until the next second.
+        b.spend(98);
+        assert_eq!(b.emergency_room(), 0);
+        // The next second pays it back: over the two seconds, no more than the rate.
+        b.next_second();
+        assert_eq!((b.left, b.owed, b.emergency_room()), (1_000 - 128, 0, 1_000));
+        b.next_second();
+        assert_eq!(b.left, 1_000);
+    }
+
+    #[test]
+    fn a_budget_smaller_than_a_pass_lends_at_most_a_second_ahead() {
+        let mut b = Budget::new(5, 128);
+        b.spend(5);
+        assert_eq!(b.emergency_room(), 5);
+        b.spend(5);
+        b.next_second();
+        assert_eq!((b.left, b.owed), (0, 0));
+        b.next_second();
+        assert_eq!(b.left, 5);
     }
 }

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use secur360::db::sms as sms_db;
 use secur360::domain::twilio_signature;
 use secur360::on_db;
-use secur360::sms::dispatcher::{run_once, DispatchReport};
+use secur360::sms::dispatcher::{run_once, run_pass, DispatchReport};
 use secur360::time::Clock;
 use serde_json::{json, Value};
 
@@ -519,6 +519,30 @@ sms_tests! {
         // Then the oldest general one.
         run(&app, T0).await;
         assert_eq!(scalar_text(&app, "SELECT status FROM sms_messages WHERE id = $1", "msg_bulk_1").await.as_deref(), Some("sending"));
+    }
+
+    async fn a_pass_of_emergencies_only_leaves_the_general_backlog_queued(app, fake, twilio = true, vars = &[]) {
+        // What the dispatcher loop runs when a second's budget is spent and a message is queued.
+        let key = app.tenant_with_key("acme").await;
+        worker(&app, &key, "Jean", "514 873 2015", true).await;
+        app.exec(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) \
+             INSERT INTO sms_messages (id, kind, priority, to_phone, to_phone_masked, body, encoding, segments, status, \
+               attempts, next_attempt_at, created_at, status_updated_at) \
+             SELECT 'msg_bulk_' || i, 'general_alert', 0, '+15148732099', '+1••••••••99', 'general', 'gsm7', 1, 'queued', \
+               0, {t} - 100000 + i, {t} - 100000 + i, {t} FROM n", t = T0)).await;
+        assert_eq!(run_pass(&app.state, T0, 128, sms_db::Due::QueuedEmergencies).await.unwrap().claimed, 0, "general messages are not emergencies");
+        let (_, a) = alert(&app, &key, json!({"kind": "emergency", "body": "URGENCE: evacuez", "recipients": {"all": true}})).await;
+        assert_eq!(a["queued"], 1);
+        let report = run_pass(&app.state, T0, 128, sms_db::Due::QueuedEmergencies).await.unwrap();
+        assert_eq!((report.claimed, report.accepted), (1, 1));
+        let reqs = fake.requests();
+        assert_eq!((reqs.len(), reqs[0].field("Body")), (1, Some("URGENCE: evacuez")));
+        let queued = on_db!(&app.db, p => sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM sms_messages WHERE status = 'queued' AND id LIKE 'msg_bulk_%'").fetch_one(p).await).unwrap();
+        assert_eq!(queued, 50);
+        assert_eq!(run_pass(&app.state, T0, 128, sms_db::Due::QueuedEmergencies).await.unwrap().claimed, 0);
+        assert_eq!(fake.requests().len(), 1);
     }
 
     async fn a_claim_whose_instance_died_is_resent_exactly_once_after_its_lease(app, fake, twilio = true, vars = &[]) {
