@@ -3,7 +3,6 @@
 use serde::Serialize;
 
 use super::{Backend, Db, Tx};
-use crate::sms::alerts::EMERGENCY_PRIORITY;
 use crate::{on_db, on_tx};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -435,9 +434,9 @@ pub enum Due {
     WithExpiredLeases,
     /// Queued and due only: [`QUEUED_DUE`].
     Queued,
-    /// Queued and due emergencies only (priority at least `EMERGENCY_PRIORITY`): what the dispatcher sends when a
-    /// second's budget is already spent.
-    QueuedEmergencies,
+    /// Queued and due with at least this priority: the emergencies the dispatcher sends when a second's budget is
+    /// already spent.
+    QueuedFromPriority(i64),
 }
 
 /// [`claim`], or only queued messages ([`Due`]). The query with expired leases cannot be served
@@ -453,13 +452,13 @@ pub async fn claim_due(
     limit: i64,
     which: Due,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let emergencies;
+    let from_priority;
     let (due, order) = match which {
         Due::WithExpiredLeases => (DUE, "priority DESC, next_attempt_at, created_at"),
         Due::Queued => (QUEUED_DUE, "priority DESC, next_attempt_at"),
-        Due::QueuedEmergencies => {
-            emergencies = format!("{QUEUED_DUE} AND priority >= {EMERGENCY_PRIORITY}");
-            (emergencies.as_str(), "priority DESC, next_attempt_at")
+        Due::QueuedFromPriority(min) => {
+            from_priority = format!("{QUEUED_DUE} AND priority >= {min}");
+            (from_priority.as_str(), "priority DESC, next_attempt_at")
         }
     };
     // One statement in its own implicit transaction (no BEGIN/COMMIT round trips), committed when it returns: the

@@ -20,6 +20,7 @@ use crate::db::sms::{self, Claimed, Due};
 use crate::db::sms_status::{self, StatusUpdate};
 use crate::db::workers::{self, ConsentEvent};
 use crate::domain::sms_status::{transition, MessageStatus};
+use crate::sms::alerts::EMERGENCY_PRIORITY;
 use crate::sms::twilio::SendOutcome;
 use crate::state::AppState;
 
@@ -534,7 +535,7 @@ pub async fn run_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                     if limit == 0 {
                         continue;
                     }
-                    match run_pass(&state, state.now(), limit, Due::QueuedEmergencies).await {
+                    match run_pass(&state, state.now(), limit, Due::QueuedFromPriority(EMERGENCY_PRIORITY)).await {
                         Ok(r) => {
                             budget.spend(r.claimed);
                             if r.claimed > 0 {

@@ -7,6 +7,7 @@ use reqwest::{Method, StatusCode};
 use secur360::db::sms as sms_db;
 use secur360::domain::twilio_signature;
 use secur360::on_db;
+use secur360::sms::alerts::EMERGENCY_PRIORITY;
 use secur360::sms::dispatcher::{run_once, run_pass, DispatchReport};
 use secur360::time::Clock;
 use serde_json::{json, Value};
@@ -76,6 +77,27 @@ async fn test_sms(app: &TestApp, to: &str, body: &str) -> Value {
 
 pub async fn run(app: &TestApp, now: i64) -> DispatchReport {
     run_once(&app.state, now).await.expect("dispatch pass")
+}
+
+/// The pass of emergencies only that the dispatcher loop runs once a second's budget is spent.
+async fn run_emergencies(app: &TestApp, now: i64) -> DispatchReport {
+    run_pass(&app.state, now, 128, sms_db::Due::QueuedFromPriority(EMERGENCY_PRIORITY))
+        .await
+        .expect("dispatch pass of emergencies")
+}
+
+/// `n` due general messages `msg_bulk_1` … `msg_bulk_{n}`, oldest first, queued by SQL (the API's rate limit would
+/// refuse them).
+async fn queue_general_backlog(app: &TestApp, n: usize) {
+    app.exec(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+         INSERT INTO sms_messages (id, kind, priority, to_phone, to_phone_masked, body, encoding, segments, status, \
+           attempts, next_attempt_at, created_at, status_updated_at) \
+         SELECT 'msg_bulk_' || i, 'general_alert', 0, '+15148732099', '+1••••••••99', 'general', 'gsm7', 1, 'queued', \
+           0, {t} - 100000 + i, {t} - 100000 + i, {t} FROM n",
+        t = T0
+    ))
+    .await;
 }
 
 async fn scalar_text(app: &TestApp, sql: &str, id: &str) -> Option<String> {
@@ -503,12 +525,7 @@ sms_tests! {
     async fn an_emergency_queued_behind_thousands_of_general_messages_is_sent_first(app, fake, twilio = true, vars = &[("SMS_DISPATCH_RATE_PER_SECOND", "1")]) {
         let key = app.tenant_with_key("acme").await;
         worker(&app, &key, "Jean", "514 873 2015", true).await;
-        app.exec(&format!(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) \
-             INSERT INTO sms_messages (id, kind, priority, to_phone, to_phone_masked, body, encoding, segments, status, \
-               attempts, next_attempt_at, created_at, status_updated_at) \
-             SELECT 'msg_bulk_' || i, 'general_alert', 0, '+15148732099', '+1••••••••99', 'general', 'gsm7', 1, 'queued', \
-               0, {t} - 100000 + i, {t} - 100000 + i, {t} FROM n", t = T0)).await;
+        queue_general_backlog(&app, 3000).await;
         assert_eq!(app.count("sms_messages").await, 3000);
         let (_, a) = alert(&app, &key, json!({"kind": "emergency", "body": "URGENCE: evacuez", "recipients": {"all": true}})).await;
         assert_eq!(a["queued"], 1);
@@ -525,23 +542,18 @@ sms_tests! {
         // What the dispatcher loop runs when a second's budget is spent and a message is queued.
         let key = app.tenant_with_key("acme").await;
         worker(&app, &key, "Jean", "514 873 2015", true).await;
-        app.exec(&format!(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) \
-             INSERT INTO sms_messages (id, kind, priority, to_phone, to_phone_masked, body, encoding, segments, status, \
-               attempts, next_attempt_at, created_at, status_updated_at) \
-             SELECT 'msg_bulk_' || i, 'general_alert', 0, '+15148732099', '+1••••••••99', 'general', 'gsm7', 1, 'queued', \
-               0, {t} - 100000 + i, {t} - 100000 + i, {t} FROM n", t = T0)).await;
-        assert_eq!(run_pass(&app.state, T0, 128, sms_db::Due::QueuedEmergencies).await.unwrap().claimed, 0, "general messages are not emergencies");
+        queue_general_backlog(&app, 50).await;
+        assert_eq!(run_emergencies(&app, T0).await.claimed, 0, "general messages are not emergencies");
         let (_, a) = alert(&app, &key, json!({"kind": "emergency", "body": "URGENCE: evacuez", "recipients": {"all": true}})).await;
         assert_eq!(a["queued"], 1);
-        let report = run_pass(&app.state, T0, 128, sms_db::Due::QueuedEmergencies).await.unwrap();
+        let report = run_emergencies(&app, T0).await;
         assert_eq!((report.claimed, report.accepted), (1, 1));
         let reqs = fake.requests();
         assert_eq!((reqs.len(), reqs[0].field("Body")), (1, Some("URGENCE: evacuez")));
         let queued = on_db!(&app.db, p => sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM sms_messages WHERE status = 'queued' AND id LIKE 'msg_bulk_%'").fetch_one(p).await).unwrap();
         assert_eq!(queued, 50);
-        assert_eq!(run_pass(&app.state, T0, 128, sms_db::Due::QueuedEmergencies).await.unwrap().claimed, 0);
+        assert_eq!(run_emergencies(&app, T0).await.claimed, 0);
         assert_eq!(fake.requests().len(), 1);
     }
 
