@@ -8,29 +8,23 @@
 //! Webhooks are sent by localstripe on its own schedule (about one second after the change), so the test waits
 //! for them with a bounded poll of the database.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
 
 use secur360::on_db;
 use serde_json::Value;
 
 use crate::billing_webhooks::SECRET;
 use crate::helpers::*;
+use crate::peer::{self, Peer};
 
 const ADDON: &str = "price_addon_month";
 
 struct LocalStripe {
-    child: Child,
-    base: String,
-}
-
-impl Drop for LocalStripe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    peer: Peer,
 }
 
 impl LocalStripe {
@@ -41,30 +35,27 @@ impl LocalStripe {
             .map(PathBuf::from)
             .unwrap_or_else(|| manifest.join("target/peers-venv/bin/python"));
         assert!(python.exists(), "localstripe is needed in the peer venv at {} (run scripts/test)", python.display());
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let script = format!(
-            "from aiohttp import web\nfrom localstripe.resources import store\nfrom localstripe.server import app\n\
-             store.dump_to_disk = lambda: None  # parallel instances must not share /tmp/localstripe.pickle\n\
-             web.run_app(app, host='127.0.0.1', port={port}, print=None)"
-        );
-        let child = Command::new(python)
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start localstripe");
-        let ls = LocalStripe { child, base: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "localstripe did not start listening within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        ls
+        let command = |port: u16| {
+            let script = format!(
+                "from aiohttp import web\nfrom localstripe.resources import store\nfrom localstripe.server import app\n\
+                 store.dump_to_disk = lambda: None  # parallel instances must not share /tmp/localstripe.pickle\n\
+                 web.run_app(app, host='127.0.0.1', port={port}, print=None)"
+            );
+            let mut c = Command::new(&python);
+            c.args(["-c", &script]);
+            c
+        };
+        // localstripe (aiohttp) refuses a request without an API key with Stripe's error shape.
+        let is_localstripe = |headers: &HeaderMap, body: &str| {
+            let server = headers.get("server").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            server.contains("aiohttp") && body.contains("invalid_request_error")
+        };
+        LocalStripe { peer: peer::start("localstripe", command, is_localstripe, Duration::from_secs(30)).await }
     }
 
     async fn post(&self, path: &str, form: &[(&str, &str)]) -> Value {
         let res = reqwest::Client::new()
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.peer.base))
             .basic_auth("sk_test_localstripe", Some(""))
             .form(form)
             .send()
@@ -98,7 +89,7 @@ async fn scenario(backend: Backend) {
     let ls = LocalStripe::start().await;
     let vars = [
         ("STRIPE_SECRET_KEY", "sk_test_localstripe"),
-        ("STRIPE_API_BASE", ls.base.as_str()),
+        ("STRIPE_API_BASE", ls.peer.base.as_str()),
         ("STRIPE_WEBHOOK_SECRET", SECRET),
         ("STRIPE_PRICE_MONTHLY", "price_base_month"),
         ("STRIPE_PRICE_ADDON_SITE_MONTHLY", ADDON),

@@ -23,6 +23,7 @@ mod health;
 mod inbound;
 mod instances;
 mod jobs;
+mod peer;
 mod pg_cluster;
 mod process;
 mod rls;

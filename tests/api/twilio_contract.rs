@@ -2,23 +2,19 @@
 //! (`@stoplight/prism-cli@5.14`, found through `SECUR360_PRISM`; scripts/lib/prism.sh installs it).
 //! Prism validates each request against the spec: ours must be accepted, a malformed one refused.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use secur360::config::Secret;
 use secur360::sms::twilio::{SendOutcome, Sender, TwilioClient};
 
 use crate::fake_twilio::{ACCOUNT_SID, AUTH_TOKEN, MESSAGING_SERVICE_SID};
+use crate::peer::{self, Peer};
 
 const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/contracts/twilio_api_v2010.json");
 
-struct Prism {
-    base: String,
-    _child: tokio::process::Child,
-}
-
-async fn start_prism() -> Prism {
+async fn start_prism() -> Peer {
     let prism = std::env::var_os("SECUR360_PRISM").map(PathBuf::from).unwrap_or_else(|| {
         panic!(
             "SECUR360_PRISM is not set: the Twilio contract test needs Prism. Install it with \
@@ -28,21 +24,13 @@ async fn start_prism() -> Prism {
     });
     assert!(prism.exists(), "SECUR360_PRISM={} does not exist (run scripts/lib/prism.sh)", prism.display());
     assert!(PathBuf::from(SPEC).exists(), "the Twilio contract {SPEC} is missing");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = tokio::process::Command::new(&prism)
-        .args(["mock", "-h", "127.0.0.1", "-p", &port.to_string(), SPEC])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start prism");
-    // Wait for its port: a bounded readiness poll, not a sleep standing in for work.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "prism did not listen on {port} within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Prism { base: format!("http://127.0.0.1:{port}"), _child: child }
+    let command = |port: u16| {
+        let mut c = Command::new(&prism);
+        c.args(["mock", "-h", "127.0.0.1", "-p", &port.to_string(), SPEC]);
+        c
+    };
+    // Prism answers a path outside the spec with its own problem document.
+    peer::start("prism", command, |_, body| body.contains("stoplight.io/prism"), Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
